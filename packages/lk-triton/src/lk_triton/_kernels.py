@@ -1,0 +1,100 @@
+"""Elementwise Triton kernels for gated activations, ``h = act(gate) * up``.
+
+The kernels see the tensors as flat, contiguous arrays: the caller guarantees that. Math
+runs in float32 (float64 for float64 tensors) and is rounded once on store.
+"""
+
+import triton
+import triton.language as tl
+
+SILU: tl.constexpr = tl.constexpr(0)
+GELU_ERF: tl.constexpr = tl.constexpr(1)
+GELU_TANH: tl.constexpr = tl.constexpr(2)
+
+_SQRT1_2: tl.constexpr = tl.constexpr(0.7071067811865476)  # 1 / sqrt(2)
+_INV_SQRT_2PI: tl.constexpr = tl.constexpr(0.3989422804014327)  # 1 / sqrt(2 pi)
+_SQRT_2_OVER_PI: tl.constexpr = tl.constexpr(0.7978845608028654)  # sqrt(2 / pi)
+_TANH_CUBIC: tl.constexpr = tl.constexpr(0.044715)
+
+
+@triton.jit
+def _activation_and_derivative(g, ACTIVATION: tl.constexpr):
+    """Return ``(act(g), act'(g))`` for the selected activation."""
+    if ACTIVATION == SILU:
+        s = tl.sigmoid(g)
+        a = g * s
+        da = s * (1.0 + g * (1.0 - s))
+    elif ACTIVATION == GELU_ERF:
+        cdf = 0.5 * (1.0 + tl.math.erf(g * _SQRT1_2))
+        a = g * cdf
+        da = cdf + g * tl.exp(-0.5 * g * g) * _INV_SQRT_2PI
+    else:
+        inner = _SQRT_2_OVER_PI * (g + _TANH_CUBIC * g * g * g)
+        t = 2.0 * tl.sigmoid(2.0 * inner) - 1.0  # tanh(inner), without libdevice
+        a = 0.5 * g * (1.0 + t)
+        da = 0.5 * (1.0 + t) + 0.5 * g * (1.0 - t * t) * _SQRT_2_OVER_PI * (
+            1.0 + 3.0 * _TANH_CUBIC * g * g
+        )
+    return a, da
+
+
+@triton.jit
+def _offsets(BLOCK: tl.constexpr, INT64: tl.constexpr):
+    pid = tl.program_id(0)
+    if INT64:
+        pid = pid.to(tl.int64)
+    return pid * BLOCK + tl.arange(0, BLOCK)
+
+
+@triton.jit
+def gated_forward_kernel(
+    gate_ptr,
+    up_ptr,
+    h_ptr,
+    n_elements,
+    ACTIVATION: tl.constexpr,
+    FP64: tl.constexpr,
+    INT64: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """``h = act(gate) * up``."""
+    offsets = _offsets(BLOCK, INT64)
+    mask = offsets < n_elements
+    compute = tl.float64 if FP64 else tl.float32
+    g = tl.load(gate_ptr + offsets, mask=mask).to(compute)
+    u = tl.load(up_ptr + offsets, mask=mask).to(compute)
+    a, _ = _activation_and_derivative(g, ACTIVATION)
+    tl.store(h_ptr + offsets, (a * u).to(h_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def gated_backward_kernel(
+    dh_ptr,
+    gate_ptr,
+    up_ptr,
+    h_out_ptr,
+    dgate_out_ptr,
+    dup_out_ptr,
+    n_elements,
+    ACTIVATION: tl.constexpr,
+    STORE_H: tl.constexpr,
+    FP64: tl.constexpr,
+    INT64: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """``h = act(g) * u``, ``dgate = dh * u * act'(g)``, ``dup = dh * act(g)``.
+
+    Each element is read before it is written by the same program, so the output
+    pointers may alias the inputs (``h_out = dh``, ``dgate_out = gate``, ``dup_out = up``).
+    """
+    offsets = _offsets(BLOCK, INT64)
+    mask = offsets < n_elements
+    compute = tl.float64 if FP64 else tl.float32
+    dh = tl.load(dh_ptr + offsets, mask=mask).to(compute)
+    g = tl.load(gate_ptr + offsets, mask=mask).to(compute)
+    u = tl.load(up_ptr + offsets, mask=mask).to(compute)
+    a, da = _activation_and_derivative(g, ACTIVATION)
+    if STORE_H:
+        tl.store(h_out_ptr + offsets, (a * u).to(h_out_ptr.dtype.element_ty), mask=mask)
+    tl.store(dgate_out_ptr + offsets, (dh * u * da).to(dgate_out_ptr.dtype.element_ty), mask=mask)
+    tl.store(dup_out_ptr + offsets, (dh * a).to(dup_out_ptr.dtype.element_ty), mask=mask)

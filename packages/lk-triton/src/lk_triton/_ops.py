@@ -1,0 +1,66 @@
+"""Differentiable gated activations, registered as ``torch.library`` custom ops.
+
+Custom ops with fake (meta) implementations are opaque to ``torch.compile``: it traces
+``swiglu``/``geglu`` with ``fullgraph=True`` and no graph break, and calls the kernels.
+"""
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ._gated import gated_backward, gated_forward
+from ._validate import check_activation, check_same, gelu_kind
+
+
+@torch.library.custom_op("lk_triton::gated_activation", mutates_args=())
+def _gated_activation(gate: Tensor, up: Tensor, activation: str) -> Tensor:
+    return gated_forward(gate, up, check_activation(activation))
+
+
+@_gated_activation.register_fake
+def _(gate: Tensor, up: Tensor, activation: str) -> Tensor:
+    check_same(gate=gate, up=up)
+    return torch.empty_like(gate, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("lk_triton::gated_activation_backward", mutates_args=())
+def _gated_activation_backward(
+    dh: Tensor, gate: Tensor, up: Tensor, activation: str
+) -> tuple[Tensor, Tensor]:
+    _, dgate, dup = gated_backward(
+        dh, gate, up, check_activation(activation), inplace=False, store_h=False
+    )
+    return dgate, dup
+
+
+@_gated_activation_backward.register_fake
+def _(dh: Tensor, gate: Tensor, up: Tensor, activation: str) -> tuple[Tensor, Tensor]:
+    check_same(dh=dh, gate=gate, up=up)
+    fmt = torch.contiguous_format
+    return torch.empty_like(gate, memory_format=fmt), torch.empty_like(up, memory_format=fmt)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    gate, up, activation = inputs
+    ctx.save_for_backward(gate, up)
+    ctx.activation = activation
+
+
+def _backward(ctx, dh: Tensor):
+    gate, up = ctx.saved_tensors
+    dgate, dup = _gated_activation_backward(dh.contiguous(), gate, up, ctx.activation)
+    return dgate, dup, None
+
+
+_gated_activation.register_autograd(_backward, setup_context=_setup_context)
+
+
+def swiglu(gate: Tensor, up: Tensor) -> Tensor:
+    """Differentiable ``silu(gate) * up`` (see ``lk_triton.swiglu_forward``)."""
+    return _gated_activation(gate, up, "silu")
+
+
+def geglu(gate: Tensor, up: Tensor, approximate: Literal["none", "tanh"] = "none") -> Tensor:
+    """Differentiable ``gelu(gate, approximate) * up`` (see ``lk_triton.geglu_forward``)."""
+    return _gated_activation(gate, up, gelu_kind(approximate))
