@@ -22,7 +22,9 @@ from ._gated import gated_backward, gated_forward
 from ._validate import gelu_kind
 
 
-def geglu_forward(gate: Tensor, up: Tensor, approximate: Literal["none", "tanh"] = "none") -> Tensor:
+def geglu_forward(
+    gate: Tensor, up: Tensor, approximate: Literal["none", "tanh"] = "none"
+) -> Tensor:
     """Return ``gelu(gate) * up``; ``gate`` and ``up`` share shape, dtype and device."""
     return gated_forward(gate, up, gelu_kind(approximate))
 
