@@ -128,11 +128,28 @@ def run(rows: int, cols: int) -> list[Row]:
     return result
 
 
+def sweep_launch_config(rows: int, cols: int) -> None:
+    """Time the SwiGLU kernels under each (BLOCK, num_warps) to choose lk_triton's defaults."""
+    from lk_triton import _gated
+
+    gate, up, dh = (torch.randn(rows, cols, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    default = (_gated._BLOCK, _gated._NUM_WARPS)
+    for block, warps in [(1024, 4), (2048, 4), (2048, 8), (4096, 8), (4096, 16), (8192, 16)]:
+        _gated._BLOCK, _gated._NUM_WARPS = block, warps
+        fwd = bench(lambda: lk_triton.swiglu_forward(gate, up))
+        bwd = bench(lambda: lk_triton.swiglu_backward(dh, gate, up))
+        print(f"BLOCK={block:5d} warps={warps:2d}: fwd {fwd:.3f} ms, bwd {bwd:.3f} ms")
+    _gated._BLOCK, _gated._NUM_WARPS = default
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=8192)
     parser.add_argument("--cols", type=int, default=14336)
+    parser.add_argument("--sweep", action="store_true", help="also time block/warp choices")
     args = parser.parse_args()
+    if args.sweep:
+        sweep_launch_config(args.rows, args.cols)
     rows = run(args.rows, args.cols)
 
     env = (
