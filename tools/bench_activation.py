@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 import lk_triton
+from _peers import liger_swiglu
 
 
 @dataclass
@@ -88,13 +89,9 @@ def candidates(kind: str):
         "torch eager": (lambda g, u: act(g) * u, eager_b, 5),
         "torch.compile": (torch.compile(lambda g, u: act(g) * u), torch.compile(math_b), 6),
     }
-    if kind == "silu":
-        try:
-            from liger_kernel.ops.swiglu import swiglu_backward, swiglu_forward
-
-            out["liger"] = (lambda g, u: swiglu_forward(g, u)[2], swiglu_backward, 5)
-        except ImportError:
-            print("liger-kernel not importable: skipped")
+    if kind == "silu" and (liger := liger_swiglu()):
+        liger_forward, liger_backward = liger
+        out["liger"] = (lambda g, u: liger_forward(g, u)[2], liger_backward, 5)
     return act, out
 
 
