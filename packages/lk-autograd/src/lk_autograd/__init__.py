@@ -1,3 +1,24 @@
-"""Fused LoRA autograd Functions (in progress: see the lk-autograd issue)."""
+"""Fused LoRA autograd Functions that compute exactly what PEFT computes.
 
-__all__: list[str] = []
+``apply_lora_mlp``, ``apply_lora_qkv`` and ``apply_lora_o`` take the module holding the
+projections; ``lora_params`` reads a PEFT LoRA layer and ``can_fuse`` says why a layer cannot
+take the fused path (then the entry points run PEFT's own forwards).
+"""
+
+from ._mlp import LoRA_MLP, apply_lora_mlp
+from ._o import LoRA_O, apply_lora_o
+from ._params import LoraAdapter, LoraParams, can_fuse, lora_params
+from ._qkv import LoRA_QKV, apply_lora_qkv
+
+__all__ = [
+    "LoRA_MLP",
+    "LoRA_O",
+    "LoRA_QKV",
+    "LoraAdapter",
+    "LoraParams",
+    "apply_lora_mlp",
+    "apply_lora_o",
+    "apply_lora_qkv",
+    "can_fuse",
+    "lora_params",
+]

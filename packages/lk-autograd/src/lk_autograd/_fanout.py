@@ -1,0 +1,45 @@
+"""Forward and backward bodies shared by ``LoRA_QKV`` and ``LoRA_O``: projections of one input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from . import _linear as L
+from ._args import apply_args, autocast_dtype, fusable, no_autocast, read
+
+
+def forward(ctx: Any, X: Tensor, layouts: tuple, flat: tuple) -> list[Tensor]:
+    outs, saved = L.forward(X, L.unpack(layouts, flat), layouts)
+    ctx.layouts = layouts
+    ctx.save_for_backward(X, *flat, *L.pack_saved(saved))
+    return outs
+
+
+def backward(ctx: Any, *dYs: Tensor) -> tuple[Any, ...]:
+    X, *rest = ctx.saved_tensors
+    layouts = ctx.layouts
+    n = L.flat_size(layouts)
+    projs = L.unpack(layouts, rest[:n])
+    needs = L.unpack(layouts, ctx.needs_input_grad[2:])
+    with no_autocast(X.device.type):
+        dX, grads, pending = L.backward_input(
+            projs, layouts, L.unpack_saved(rest[n:]), dYs, needs, ctx.needs_input_grad[0], X.dtype
+        )
+        grads = L.grad_A(X, projs, pending, grads)
+    return (dX, None, *L.pack(grads))
+
+
+def apply(function: Any, modules: list[nn.Module], X: Tensor) -> list[Tensor] | None:
+    """Run ``function`` (``LoRA_QKV`` or ``LoRA_O``) on ``X``, or None to take PEFT's path."""
+    params = read(modules, X) if fusable(modules) else None
+    if params is None:
+        return None
+    cast = autocast_dtype(X)
+    X = X if cast is None else X.to(cast)
+    layouts, flat = apply_args(params, X, [X.shape] * len(params), cast)
+    with no_autocast(X.device.type):
+        outs = function.apply(X.reshape(-1, X.shape[-1]), layouts, *flat)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    return [Y.view(*X.shape[:-1], Y.shape[-1]) for Y in outs]

@@ -1,0 +1,292 @@
+"""Base + LoRA matmuls for projections that read one input ``X`` (QKV, gate/up, O, down).
+
+Per projection, with ``X`` ``[N, k]``, base ``W`` ``[o, k]`` and adapters ``a`` (``A_a`` ``[r, k]``,
+``B_a`` ``[o, r]``, dropout mask ``M_a`` or none, ``X_a = X * M_a``)::
+
+    Y = X W^T + bias + sum_a s_a (X_a A_a^T B_a^T + b_a)
+
+accumulated in ``acc = promote(X.dtype, A.dtype)`` and rounded to ``X.dtype`` once, as PEFT
+does (its adapters are often fp32 while ``X`` is bf16). A DoRA adapter (the only adapter of its
+projection; ``m`` its magnitude, ``n = ||W + s B A||_row`` detached, ``c = m / n``) gives::
+
+    Y = X W^T + bias + (c - 1) * (X_a W^T) + c * s * X_a A^T B^T     (c scales columns)
+
+which is ``c * (X W^T + s X A^T B^T) + bias`` without dropout. With ``Z = X_a W^T + s X_a A^T B^T``
+and ``dO = dY`` in ``acc``, the chain rule implemented below is::
+
+    dB = s (c dO)^T (X_a A^T)          dXA = s (c dO) B        dA = dXA^T X_a
+    db = s sum_N dO                    dm  = sum_N (dO * Z) / n  dbias = sum_N dY
+    dX = dY W + M * ((c - 1) dO W + dXA A)     (plain LoRA: c = 1; no dropout: M = 1)
+
+``X A^T`` of adapters without dropout is computed for all projections at once as
+``X [A_1; A_2; ...]^T`` (one read of ``X``); their ``dX`` and ``dA`` terms are batched likewise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from ._dora import magnitude_scale
+
+
+class Adapter(NamedTuple):
+    """One adapter's tensors inside a Function (or their gradients / needs-grad flags)."""
+
+    A: Any
+    B: Any
+    b: Any
+    m: Any
+    M: Any
+
+
+class Proj(NamedTuple):
+    """One projection's tensors inside a Function (or their gradients / needs-grad flags)."""
+
+    W: Any
+    bias: Any
+    adapters: tuple[Adapter, ...]
+
+
+class Layout(NamedTuple):
+    """The non-tensor part of a projection: the scalings and the bnb 4-bit quant state."""
+
+    s: tuple[float, ...]
+    quant_state: object | None
+
+
+class Saved(NamedTuple):
+    """Per adapter, kept for backward: ``X_a A^T`` and, for DoRA, ``Z``, ``c`` and ``n``."""
+
+    XA: Tensor
+    Z: Tensor | None
+    c: Tensor | None
+    n: Tensor | None
+
+
+def pack(projs: Sequence[Proj]) -> list[Any]:
+    """Flatten projections into ``apply``'s positional tensors (autograd sees only those)."""
+    flat: list[Any] = []
+    for p in projs:
+        flat += [p.W, p.bias]
+        for a in p.adapters:
+            flat += list(a)
+    return flat
+
+
+def unpack(layouts: Sequence[Layout], flat: Sequence[Any]) -> list[Proj]:
+    """Inverse of ``pack``; works on tensors, gradients or ``needs_input_grad`` flags alike."""
+    projs, i = [], 0
+    for layout in layouts:
+        W, bias = flat[i], flat[i + 1]
+        i += 2
+        adapters = []
+        for _ in layout.s:
+            adapters.append(Adapter(*flat[i : i + 5]))
+            i += 5
+        projs.append(Proj(W, bias, tuple(adapters)))
+    return projs
+
+
+def flat_size(layouts: Sequence[Layout]) -> int:
+    return sum(2 + 5 * len(layout.s) for layout in layouts)
+
+
+def base_weight(W: Tensor, quant_state: object | None, dtype: torch.dtype) -> Tensor:
+    """``W`` itself, or a dequantized copy of a bnb 4-bit weight that the caller frees after use."""
+    if quant_state is None:
+        return W
+    import bitsandbytes.functional as bnbF
+
+    return bnbF.dequantize_4bit(W, quant_state).to(dtype)
+
+
+def _linear(X: Tensor, W: Tensor, bias: Tensor | None) -> Tensor:
+    return X @ W.t() if bias is None else torch.addmm(bias, X, W.t())
+
+
+def _lora_dtypes(p: Proj, X: Tensor) -> tuple[torch.dtype, torch.dtype]:
+    """``(ldt, acc)``: the adapters' dtype, and the dtype PEFT sums base and LoRA outputs in."""
+    ldt = p.adapters[0].A.dtype
+    return ldt, torch.promote_types(X.dtype, ldt)
+
+
+def _dropped(X: Tensor, a: Adapter) -> Tensor:
+    """``X_a``: ``X`` cast to the adapter dtype (PEFT's ``_cast_input_dtype``) times the mask."""
+    Xl = X.to(a.A.dtype)
+    return Xl if a.M is None else Xl * a.M
+
+
+def _shared_groups(projs: Sequence[Proj]) -> dict[torch.dtype, list[tuple[int, int]]]:
+    """Adapters without dropout, by dtype: they read the same ``X`` and batch into one GEMM."""
+    groups: dict[torch.dtype, list[tuple[int, int]]] = {}
+    for i, p in enumerate(projs):
+        for j, a in enumerate(p.adapters):
+            if a.M is None:
+                groups.setdefault(a.A.dtype, []).append((i, j))
+    return groups
+
+
+def _lora_inputs(X: Tensor, projs: Sequence[Proj]) -> list[list[Tensor]]:
+    """``X_a A_a^T`` ``[N, r]`` for every adapter of every projection."""
+    XA: list[list[Any]] = [[None] * len(p.adapters) for p in projs]
+    for i, p in enumerate(projs):
+        for j, a in enumerate(p.adapters):
+            if a.M is not None:
+                XA[i][j] = _dropped(X, a) @ a.A.t()
+    for dtype, idx in _shared_groups(projs).items():
+        As = [projs[i].adapters[j].A for i, j in idx]
+        XAs = (X.to(dtype) @ torch.cat(As).t()).split([A.shape[0] for A in As], dim=1)
+        for (i, j), XA_ij in zip(idx, XAs, strict=True):
+            XA[i][j] = XA_ij
+    return XA
+
+
+def _project(
+    X: Tensor, p: Proj, layout: Layout, XAs: Sequence[Tensor]
+) -> tuple[Tensor, list[Saved]]:
+    """One projection's output (in ``X.dtype``) and what its backward needs."""
+    W = base_weight(p.W, layout.quant_state, X.dtype)
+    if not p.adapters:
+        return _linear(X, W, p.bias), []
+    ldt, acc = _lora_dtypes(p, X)
+    a, s = p.adapters[0], layout.s[0]
+    if a.m is not None:  # DoRA: the only adapter of this projection
+        c, n = magnitude_scale(W, a.A, a.B, a.m, s, ldt)
+        if a.M is None:
+            Z = (X @ W.t()).to(acc).addmm_(XAs[0].to(acc), a.B.t().to(acc), alpha=s)
+            Y = Z * c if p.bias is None else torch.addcmul(p.bias.to(acc), Z, c)
+        else:
+            P = _dropped(X, a) @ W.to(ldt).t()
+            Z = P.to(acc).addmm_(XAs[0].to(acc), a.B.t().to(acc), alpha=s)
+            Y = torch.addcmul(_linear(X, W, p.bias).to(acc) - P, Z, c)
+        return Y.to(X.dtype), [Saved(XAs[0], Z, c, n)]
+    Y = _linear(X, W, p.bias)
+    del W
+    out = Y if acc == Y.dtype else Y.to(acc)
+    for a, s, XA in zip(p.adapters, layout.s, XAs, strict=True):
+        out.addmm_(XA.to(acc), a.B.t().to(acc), alpha=s)
+        if a.b is not None:
+            out.add_(a.b.to(acc), alpha=s)
+    return out.to(X.dtype), [Saved(XA, None, None, None) for XA in XAs]
+
+
+def forward(
+    X: Tensor, projs: Sequence[Proj], layouts: Sequence[Layout]
+) -> tuple[list[Tensor], list[Saved]]:
+    """Outputs of projections reading ``X`` ``[N, k]``, and the per-adapter saved tensors."""
+    XA = _lora_inputs(X, projs)
+    outs, saved = [], []
+    for p, layout, XAs in zip(projs, layouts, XA, strict=True):
+        Y, s = _project(X, p, layout, XAs)
+        outs.append(Y)
+        saved += s
+    return outs, saved
+
+
+def pack_saved(saved: Sequence[Saved]) -> list[Tensor | None]:
+    return [t for s in saved for t in s]
+
+
+def unpack_saved(flat: Sequence[Tensor | None]) -> list[Saved]:
+    return [Saved(*flat[i : i + 4]) for i in range(0, len(flat), 4)]
+
+
+class Pending(NamedTuple):
+    """An adapter's ``dXA = d(X_a A^T)`` ``[N, r]``, waiting for ``X`` to give ``dA``."""
+
+    proj: int
+    adapter: int
+    dXA: Tensor
+
+
+def backward_input(
+    projs: Sequence[Proj],
+    layouts: Sequence[Layout],
+    saved: Sequence[Saved],
+    dYs: Sequence[Tensor],
+    needs: Sequence[Proj],
+    want_dX: bool,
+    X_dtype: torch.dtype,
+) -> tuple[Tensor | None, list[Proj], list[Pending]]:
+    """``dX`` (if wanted), every gradient but ``dA``, and the ``dXA`` that ``dA`` needs."""
+    dX: Tensor | None = None
+    grads: list[Proj] = []
+    pending: list[Pending] = []
+    lora_dX: dict[torch.dtype, list[tuple[Tensor, Tensor]]] = {}  # no-dropout (dXA, A) terms
+    saved_it = iter(saved)
+    for i, (p, layout, dY, need) in enumerate(zip(projs, layouts, dYs, needs, strict=True)):
+        dbias = dY.sum(0) if need.bias else None
+        base_dY = dY
+        adapter_grads = []
+        if p.adapters:
+            ldt, acc = _lora_dtypes(p, dY)
+            dO = dY.to(acc)
+        for j, (a, s, need_a) in enumerate(zip(p.adapters, layout.s, need.adapters, strict=True)):
+            XA, Z, c, n = next(saved_it)
+            dm = None
+            if a.m is not None:
+                if need_a.m:
+                    dm = ((dO * Z).sum(0) / n).to(a.m.dtype)
+                dL = dO * c
+                if a.M is None:
+                    base_dY = dL.to(X_dtype)
+                elif want_dX:  # the base term on the dropped input: M * ((c - 1) dO W)
+                    W = base_weight(p.W, layout.quant_state, X_dtype)
+                    extra = (dO * (c - 1)).to(ldt) @ W.to(ldt)
+                    del W
+            else:
+                dL = dO
+            dB = (dL.t() @ XA.to(acc)).mul_(s).to(a.B.dtype) if need_a.B else None
+            db = (dO.sum(0) * s).to(a.b.dtype) if need_a.b else None
+            adapter_grads.append(Adapter(None, dB, db, dm, None))
+            if not (need_a.A or want_dX):
+                continue
+            dXA = (dL @ a.B.to(acc)).mul_(s).to(ldt)
+            if need_a.A:
+                pending.append(Pending(i, j, dXA))
+            if want_dX and a.M is None:
+                lora_dX.setdefault(ldt, []).append((dXA, a.A))
+            elif want_dX:
+                term = dXA @ a.A
+                if a.m is not None:
+                    term += extra
+                term = (term * a.M).to(X_dtype)
+                dX = term if dX is None else dX.add_(term)
+        if want_dX:
+            W = base_weight(p.W, layout.quant_state, X_dtype)
+            dX = base_dY @ W if dX is None else dX.addmm_(base_dY, W)
+            del W
+        grads.append(Proj(None, dbias, tuple(adapter_grads)))
+    for terms in lora_dX.values():
+        dXA = torch.cat([t for t, _ in terms], dim=1).to(X_dtype)
+        A = torch.cat([A for _, A in terms]).to(X_dtype)
+        dX = dX.addmm_(dXA, A)
+    return dX, grads, pending
+
+
+def grad_A(
+    X: Tensor, projs: Sequence[Proj], pending: Sequence[Pending], grads: list[Proj]
+) -> list[Proj]:
+    """Fill in ``dA = dXA^T X_a`` for the pending adapters; one GEMM per no-dropout dtype group."""
+    dA: dict[tuple[int, int], Tensor] = {}
+    groups: dict[torch.dtype, list[Pending]] = {}
+    for item in pending:
+        a = projs[item.proj].adapters[item.adapter]
+        if a.M is None:
+            groups.setdefault(a.A.dtype, []).append(item)
+        else:
+            dA[item.proj, item.adapter] = item.dXA.t() @ _dropped(X, a)
+    for dtype, items in groups.items():
+        dXA = torch.cat([item.dXA for item in items], dim=1)
+        rows = (dXA.t() @ X.to(dtype)).split([item.dXA.shape[1] for item in items])
+        for item, dA_ij in zip(items, rows, strict=True):
+            dA[item.proj, item.adapter] = dA_ij
+    out = []
+    for i, g in enumerate(grads):
+        adapters = tuple(a._replace(A=dA.get((i, j))) for j, a in enumerate(g.adapters))
+        out.append(g._replace(adapters=adapters))
+    return out

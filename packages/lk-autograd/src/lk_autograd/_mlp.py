@@ -1,0 +1,124 @@
+"""``LoRA_MLP``: gate, up and down LoRA projections around a gated activation, in one Function."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lk_triton import geglu_backward, geglu_forward, swiglu_backward, swiglu_forward
+
+from . import _linear as L
+from ._args import apply_args, autocast_dtype, fusable, no_autocast, read
+
+ACTIVATIONS = ("swiglu", "geglu", "geglu_tanh")
+
+
+def _act_forward(activation: str, e: Tensor, g: Tensor) -> Tensor:
+    if activation == "swiglu":
+        return swiglu_forward(e, g)
+    return geglu_forward(e, g, "tanh" if activation == "geglu_tanh" else "none")
+
+
+def _act_backward(activation: str, dh: Tensor, e: Tensor, g: Tensor) -> tuple[Tensor, ...]:
+    # inplace=False: e and g are saved tensors, and a second backward must see them intact
+    if activation == "swiglu":
+        return swiglu_backward(dh, e, g, inplace=False)
+    approximate = "tanh" if activation == "geglu_tanh" else "none"
+    return geglu_backward(dh, e, g, approximate, inplace=False)
+
+
+class LoRA_MLP(torch.autograd.Function):
+    """``Y = down(act(gate(X)) * up(X))`` with LoRA (or DoRA) adapters on all three projections.
+
+    Shapes: ``X`` ``[N, d]``; gate and up ``[I, d]``; down ``[d, I]``. Each projection ``P`` is
+    ``P(X) = X W^T + bias + sum_a s_a (X_a A_a^T B_a^T + b_a)`` (see ``_linear`` for DoRA)::
+
+        e = gate(X)  [N, I]      g = up(X)  [N, I]      h = act(e) * g      Y = down(h)  [N, d]
+
+    ``act`` is SiLU (``swiglu``) or GELU, exact or tanh (``geglu``, ``geglu_tanh``). Backward::
+
+        dh = d down / dh (dY)                       (dY W_down + LoRA terms, _linear)
+        de = dh * g * act'(e)     dg = dh * act(e)  (lk_triton, which also recomputes h)
+        dX = d gate / dX (de) + d up / dX (dg)      A, B, b, m grads per projection (_linear)
+
+    Saved: ``X``, ``e``, ``g`` and the ``[N, r]`` LoRA intermediates (plus, only with DoRA,
+    each DoRA projection's pre-scale output ``Z`` and, only with dropout, the masks). ``h`` is
+    recomputed in backward.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, X: Tensor, activation: str, layouts: tuple, *flat: Any) -> Tensor:
+        gate, up, down = L.unpack(layouts, flat)
+        (e, g), saved_gu = L.forward(X, [gate, up], layouts[:2])
+        h = _act_forward(activation, e, g)
+        (Y,), saved_down = L.forward(h, [down], layouts[2:])
+        del h
+        ctx.activation, ctx.layouts, ctx.n_gu = activation, layouts, len(saved_gu)
+        ctx.save_for_backward(X, e, g, *flat, *L.pack_saved(saved_gu + saved_down))
+        return Y
+
+    @staticmethod
+    def backward(ctx: Any, dY: Tensor) -> tuple[Any, ...]:
+        X, e, g, *rest = ctx.saved_tensors
+        layouts = ctx.layouts
+        n = L.flat_size(layouts)
+        gate, up, down = L.unpack(layouts, rest[:n])
+        saved = L.unpack_saved(rest[n:])
+        saved_gu, saved_down = saved[: ctx.n_gu], saved[ctx.n_gu :]
+        need_X = ctx.needs_input_grad[0]
+        need_gate, need_up, need_down = L.unpack(layouts, ctx.needs_input_grad[3:])
+        with no_autocast(X.device.type):
+            dh, (g_down,), pending = L.backward_input(
+                [down], layouts[2:], saved_down, [dY], [need_down], True, X.dtype
+            )
+            h, de, dg = _act_backward(ctx.activation, dh, e, g)
+            del dh
+            (g_down,) = L.grad_A(h, [down], pending, [g_down])
+            del h
+            dX, grads, pending = L.backward_input(
+                [gate, up], layouts[:2], saved_gu, [de, dg], [need_gate, need_up], need_X, X.dtype
+            )
+            del de, dg
+            grads = L.grad_A(X, [gate, up], pending, grads)
+        return (dX, None, None, *L.pack([*grads, g_down]))
+
+
+def _fallback(mlp: nn.Module, X: Tensor, activation: str, gate: str, up: str, down: str) -> Tensor:
+    e = getattr(mlp, gate)(X)
+    if activation == "swiglu":
+        a = F.silu(e)
+    else:
+        a = F.gelu(e, approximate="tanh" if activation == "geglu_tanh" else "none")
+    return getattr(mlp, down)(a * getattr(mlp, up)(X))
+
+
+def apply_lora_mlp(
+    mlp: nn.Module,
+    X: Tensor,
+    activation: str,
+    *,
+    gate: str = "gate_proj",
+    up: str = "up_proj",
+    down: str = "down_proj",
+) -> Tensor:
+    """``mlp.down(act(mlp.gate(X)) * mlp.up(X))`` through ``LoRA_MLP``; any leading shape.
+
+    Computes what the modules' own (PEFT) forwards compute, and runs exactly those forwards
+    when a projection is in a state ``can_fuse`` rejects.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    modules = [getattr(mlp, gate), getattr(mlp, up), getattr(mlp, down)]
+    params = read(modules, X) if fusable(modules) else None
+    if params is None:
+        return _fallback(mlp, X, activation, gate, up, down)
+    cast = autocast_dtype(X)
+    X = X if cast is None else X.to(cast)
+    h_shape = (*X.shape[:-1], params[2].in_features)
+    layouts, flat = apply_args(params, X, [X.shape, X.shape, h_shape], cast)
+    with no_autocast(X.device.type):
+        Y = LoRA_MLP.apply(X.reshape(-1, X.shape[-1]), activation, layouts, *flat)
+    return Y.view(*X.shape[:-1], Y.shape[-1])

@@ -1,0 +1,194 @@
+"""Reading a PEFT LoRA layer: ``lora_params`` (what to compute) and ``can_fuse`` (whether we may).
+
+``can_fuse`` lists every state of a layer whose PEFT forward the fused path does not reproduce;
+the ``apply_*`` entry points check it at each call and fall back to the modules' own forwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+from torch.nn.modules import module as _nn_module
+
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    """An active adapter: ``Y += s (dropout(X) A^T B^T + b)``, or its DoRA form when ``m`` is set.
+
+    ``s`` is read from the layer at each ``lora_params`` call (rsLoRA and ``set_scale`` change it).
+    """
+
+    name: str
+    A: Tensor
+    B: Tensor
+    b: Tensor | None
+    s: float
+    dropout: nn.Module
+    m: Tensor | None
+
+
+@dataclass(frozen=True)
+class LoraParams:
+    """A projection's base layer (``W``, ``bias``, bitsandbytes 4-bit ``quant_state``) and adapters.
+
+    For a 4-bit base ``W`` is the packed ``Params4bit`` data and ``quant_state`` dequantizes it.
+    """
+
+    W: Tensor
+    bias: Tensor | None
+    quant_state: object | None
+    adapters: tuple[LoraAdapter, ...]
+
+    @property
+    def in_features(self) -> int:
+        return self.quant_state.shape[1] if self.quant_state is not None else self.W.shape[1]
+
+
+def _lora_layer_type() -> type | None:
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # peft is optional: plain nn.Linear still works
+        return None
+    return LoraLayer
+
+
+def _is_lora_layer(proj: nn.Module) -> bool:
+    lora_layer = _lora_layer_type()
+    return lora_layer is not None and isinstance(proj, lora_layer)
+
+
+def _is_bnb(module: nn.Module, name: str) -> bool:
+    return type(module).__module__.startswith("bitsandbytes") and any(
+        cls.__name__ == name for cls in type(module).__mro__
+    )
+
+
+def _base_layer(proj: nn.Module) -> nn.Module:
+    return proj.get_base_layer() if _is_lora_layer(proj) else proj
+
+
+def _active_adapters(proj: nn.Module) -> list[str]:
+    """The adapters PEFT's forward applies; none when disabled or merged (base path only)."""
+    if not _is_lora_layer(proj) or proj.disable_adapters or proj.merged:
+        return []
+    return [name for name in proj.active_adapters if name in proj.lora_A]
+
+
+def lora_params(proj: nn.Module) -> LoraParams:
+    """Read a PEFT LoRA linear (``lora.Linear`` or bnb ``Linear4bit``) or a plain ``nn.Linear``."""
+    base = _base_layer(proj)
+    quant_state = getattr(base.weight, "quant_state", None) if _is_bnb(base, "Linear4bit") else None
+    adapters = []
+    for name in _active_adapters(proj):
+        dora = proj.lora_magnitude_vector[name].weight if name in proj.lora_variant else None
+        adapters.append(
+            LoraAdapter(
+                name=name,
+                A=proj.lora_A[name].weight,
+                B=proj.lora_B[name].weight,
+                b=proj.lora_B[name].bias,
+                s=float(proj.scaling[name]),
+                dropout=proj.lora_dropout[name],
+                m=dora,
+            )
+        )
+    return LoraParams(base.weight, base.bias, quant_state, tuple(adapters))
+
+
+def _hooked(module: nn.Module) -> bool:
+    return bool(
+        module._forward_pre_hooks
+        or module._forward_hooks
+        or getattr(module, "_forward_hooks_with_kwargs", None)
+    )
+
+
+def _global_hooks() -> bool:
+    return bool(_nn_module._global_forward_pre_hooks or _nn_module._global_forward_hooks)
+
+
+def _base_reason(base: nn.Module) -> str | None:
+    if _is_bnb(base, "Linear8bitLt"):
+        return "8-bit bitsandbytes base layer (Linear8bitLt) is not supported"
+    if _is_bnb(base, "Linear4bit"):
+        if base.weight.__class__.__name__ != "Params4bit" or base.weight.quant_state is None:
+            return "bitsandbytes Linear4bit without a 4-bit quant_state"
+        if getattr(base.weight.quant_state, "packing_format_for_cpu", False):
+            return "bitsandbytes 4-bit weight repacked for CPU inference"
+        return None
+    if type(base).__name__ == "Conv1D":
+        return "transformers Conv1D (fan_in_fan_out) base layer is not supported"
+    if type(base) is not nn.Linear:
+        return f"unknown base layer type {type(base).__module__}.{type(base).__qualname__}"
+    return None
+
+
+def _adapter_reason(proj: nn.Module, name: str) -> str | None:
+    variant = proj.lora_variant.get(name)
+    if variant is not None and type(variant).__name__ != "DoraLinearVariant":
+        return f"adapter {name!r} uses LoRA variant {type(variant).__name__} (only DoRA is fused)"
+    A, B, dropout = proj.lora_A[name], proj.lora_B[name], proj.lora_dropout[name]
+    if type(A) is not nn.Linear or type(B) is not nn.Linear or A.bias is not None:
+        return f"adapter {name!r} has lora_A/lora_B that are not plain nn.Linear"
+    if type(dropout) not in (nn.Dropout, nn.Identity):
+        return f"adapter {name!r} has dropout of unknown type {type(dropout).__name__}"
+    if any(_hooked(m) for m in (A, B, dropout)):
+        return f"adapter {name!r} has forward hooks on lora_A, lora_B or lora_dropout"
+    tensors = [A.weight, B.weight] + ([B.bias] if B.bias is not None else [])
+    if variant is not None:
+        magnitude = proj.lora_magnitude_vector[name]
+        if _hooked(magnitude):
+            return f"adapter {name!r} has forward hooks on its DoRA magnitude"
+        if proj.ephemeral_gpu_offload:
+            return f"adapter {name!r} uses DoRA with ephemeral_gpu_offload"
+        if isinstance(dropout, nn.Dropout) and dropout.training != proj.training:
+            return f"adapter {name!r}: DoRA dropout and layer disagree on training mode"
+        tensors.append(magnitude.weight)
+    if len({t.dtype for t in tensors}) > 1 or len({t.device for t in tensors}) > 1:
+        return f"adapter {name!r} has lora_A/lora_B/magnitude of mixed dtypes or devices"
+    return None
+
+
+def can_fuse(proj: nn.Module) -> str | None:
+    """Why the fused path cannot reproduce PEFT's forward of ``proj`` right now, else None.
+
+    Checked at each ``apply_*`` call (a rejected projection runs PEFT's own forward) and by the
+    patcher at patch time. Forward hooks count: PEFT injects per-sample ``adapter_names`` (and
+    aLoRA offsets) by registering forward pre-hooks on the LoRA layers for one forward call.
+    """
+    if _global_hooks():
+        return "global nn.Module forward hooks are registered"
+    if not _is_lora_layer(proj):
+        if type(proj) is nn.Linear:
+            return "forward hooks on the layer" if _hooked(proj) else None
+        return _base_reason(proj) or f"unknown layer type {type(proj).__qualname__}"
+    if type(proj).__module__.split(".")[-1] not in ("layer", "bnb") or type(proj).__name__ not in (
+        "Linear",
+        "Linear4bit",
+    ):
+        return f"unknown PEFT LoRA layer type {type(proj).__module__}.{type(proj).__qualname__}"
+    base = proj.get_base_layer()
+    reason = _base_reason(base)
+    if reason is not None:
+        return reason
+    if getattr(proj, "fan_in_fan_out", False):
+        return "fan_in_fan_out=True (Conv1D-style weights) is not supported"
+    if _hooked(proj) or _hooked(base):
+        return "forward hooks on the layer (e.g. PEFT's per-sample adapter_names injection)"
+    if base.weight.requires_grad:
+        return "the base weight requires grad (it is not frozen)"
+    if proj.disable_adapters and proj.merged:
+        return "adapters are disabled while merged (PEFT unmerges in forward)"
+    if not getattr(proj, "cast_input_dtype_enabled", True):
+        return "input dtype casting is disabled (peft.helpers.disable_input_dtype_casting)"
+    active = _active_adapters(proj)
+    if len(active) > 1 and any(name in proj.lora_variant for name in active):
+        return "DoRA combined with other active adapters on one layer is not fused"
+    for name in active:
+        reason = _adapter_reason(proj, name)
+        if reason is not None:
+            return reason
+    if len({proj.lora_A[name].weight.dtype for name in active}) > 1:
+        return "active adapters of different dtypes"
+    return None

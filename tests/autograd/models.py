@@ -1,0 +1,141 @@
+"""Tiny PEFT models and the comparison helpers the lk-autograd tests share."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+from torch import Tensor, nn
+
+from lk_autograd import apply_lora_mlp, apply_lora_o, apply_lora_qkv
+
+MLP = ("gate_proj", "up_proj", "down_proj")
+ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+class Block(nn.Module):
+    """Holds an MLP's and an attention's projections (GQA: k/v narrower than q)."""
+
+    def __init__(self, d: int = 16, inter: int = 24, heads: int = 4, kv: int = 2, hd: int = 4,
+                 bias: bool = False) -> None:  # fmt: skip
+        super().__init__()
+        self.gate_proj = nn.Linear(d, inter, bias=bias)
+        self.up_proj = nn.Linear(d, inter, bias=bias)
+        self.down_proj = nn.Linear(inter, d, bias=bias)
+        self.q_proj = nn.Linear(d, heads * hd, bias=bias)
+        self.k_proj = nn.Linear(d, kv * hd, bias=bias)
+        self.v_proj = nn.Linear(d, kv * hd, bias=bias)
+        self.o_proj = nn.Linear(heads * hd, d, bias=bias)
+
+
+def make_model(
+    dtype: torch.dtype = torch.float64,
+    *,
+    bias: bool = False,
+    adapters: int = 1,
+    autocast_adapter_dtype: bool = True,
+    seed: int = 0,
+    **config,
+) -> nn.Module:
+    """A PEFT-wrapped ``Block`` with non-zero ``lora_B`` (and a perturbed DoRA magnitude)."""
+    torch.manual_seed(seed)
+    block = Block(bias=bias).to(dtype)
+    kw = {"r": 4, "lora_alpha": 7, "target_modules": list(MLP + ATTN), "init_lora_weights": False}
+    kw.update(config)
+    model = get_peft_model(block, LoraConfig(**kw), autocast_adapter_dtype=autocast_adapter_dtype)
+    names = ["default"]
+    for i in range(1, adapters):
+        names.append(f"extra{i}")
+        model.add_adapter(names[-1], LoraConfig(**{**kw, "r": 2 + i, "lora_alpha": 3 + i}))
+    if adapters > 1:
+        model.base_model.set_adapter(names)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_magnitude_vector" in name:
+                p.mul_(1 + 0.2 * torch.rand_like(p))
+            if "lora_B" in name and "bias" in name:
+                p.normal_()
+    return model.base_model.model
+
+
+def rel(a: Tensor | None, b: Tensor | None) -> float:
+    """``||a - b|| / ||b||`` in float64."""
+    assert a is not None and b is not None, (a is None, b is None)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    a, b = a.detach().double(), b.detach().double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+def peft_mlp(m: nn.Module, X: Tensor, activation: str = "swiglu") -> Tensor:
+    e = m.gate_proj(X)
+    if activation == "swiglu":
+        a = F.silu(e)
+    else:
+        a = F.gelu(e, approximate="tanh" if activation == "geglu_tanh" else "none")
+    return m.down_proj(a * m.up_proj(X))
+
+
+def peft_qkv(m: nn.Module, X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return m.q_proj(X), m.k_proj(X), m.v_proj(X)
+
+
+def peft_o(m: nn.Module, X: Tensor) -> Tensor:
+    return m.o_proj(X)
+
+
+def ours_mlp(m: nn.Module, X: Tensor, activation: str = "swiglu") -> Tensor:
+    return apply_lora_mlp(m, X, activation)
+
+
+def ours_o(m: nn.Module, X: Tensor) -> Tensor:
+    return apply_lora_o(m, X)
+
+
+BLOCKS: dict[str, tuple[Callable, Callable, int]] = {
+    "mlp": (ours_mlp, peft_mlp, 16),
+    "qkv": (apply_lora_qkv, peft_qkv, 16),
+    "o": (ours_o, peft_o, 16),
+}
+
+
+def run(fn: Callable, model: nn.Module, X: Tensor, grads: list[Tensor] | None, seed: int = 1,
+        retain: bool = False) -> tuple[list[Tensor], Tensor | None, dict[str, Tensor]]:  # fmt: skip
+    """Forward (RNG seeded first, so dropout draws agree), backward with ``grads``; outputs,
+    ``dX`` and every parameter gradient by name."""
+    X = X.detach().clone().requires_grad_(X.requires_grad)
+    torch.manual_seed(seed)
+    outs = fn(model, X)
+    outs = list(outs) if isinstance(outs, tuple) else [outs]
+    if grads is not None:
+        loss = sum((o.float() * g.to(o.device).float()).sum() for o, g in zip(outs, grads))
+        loss.backward(retain_graph=retain)
+    pgrads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return outs, X.grad, pgrads
+
+
+def compare(block: str, model: nn.Module, X: Tensor, *, ref_model: nn.Module | None = None,
+            ref_X: Tensor | None = None, ours_fn: Callable | None = None,
+            peft_fn: Callable | None = None) -> dict[str, float]:  # fmt: skip
+    """Relative errors of our outputs and gradients against PEFT's on a deep copy (or
+    ``ref_model``/``ref_X``, e.g. in float64). Asserts the same parameters got gradients."""
+    ours, ref, _ = BLOCKS[block]
+    ours, ref = ours_fn or ours, peft_fn or ref
+    ref_model = copy.deepcopy(model) if ref_model is None else ref_model
+    ref_X = X if ref_X is None else ref_X
+    with torch.no_grad():
+        shapes = [o.shape for o in run(ref, ref_model, ref_X, None)[0]]
+    torch.manual_seed(123)
+    grads = [torch.randn(s, dtype=torch.float64) for s in shapes]
+    o1, dx1, g1 = run(ours, model, X, grads)
+    o2, dx2, g2 = run(ref, ref_model, ref_X, grads)
+    assert set(g1) == set(g2), set(g1) ^ set(g2)
+    errs = {f"out{i}": rel(a, b) for i, (a, b) in enumerate(zip(o1, o2))}
+    for a, b in zip(o1, o2):
+        assert a.dtype == b.dtype or ref_model is not None
+    if X.requires_grad:
+        errs["dX"] = rel(dx1, dx2)
+    errs.update({n: rel(g1[n], g2[n]) for n in g2})
+    return errs
