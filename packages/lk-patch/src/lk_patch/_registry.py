@@ -1,0 +1,114 @@
+"""The architecture registry: one ArchSpec per transformers ``model_type``.
+
+An entry names the decoder's attention and MLP classes (by class name inside the model
+type's own modeling module, where transformers also re-exports the classes it borrows, e.g.
+``Qwen2MLP`` in ``modeling_qwen2_vl``) and the attention projections. The MLP's projection
+and activation attribute names are not listed: they are read from the MLP forward's source
+(``_source.gated_mlp_form``), which also proves the class computes ``down(act(gate) * up)``.
+Every entry is checked by ``tools/verify_arch.py`` and ``tests/patch``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+from ._errors import UnsupportedArchitectureError
+
+_SEPARATE_QKV = ("q_proj", "k_proj", "v_proj")
+MOE_NOTE = "MoE experts are not a gated-MLP module (attention only)"
+NON_GATED_NOTE = "MLP is not gated (attention only)"
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """How to patch one ``model_type``.
+
+    ``attention`` and ``mlp`` are class names in the modeling module of ``model_type``.
+    ``qkv`` names separate projections; ``fused_qkv`` a single one the forward splits
+    (Phi-3). ``mlp_note`` says why the MLP is left alone when ``mlp`` is empty.
+    ``text_config`` marks a multimodal wrapper whose decoder is described by the entry of
+    its ``text_config.model_type`` (Mistral3 wraps any text model).
+    """
+
+    model_type: str
+    attention: tuple[str, ...] = ()
+    mlp: tuple[str, ...] = ()
+    qkv: tuple[str, str, str] | None = _SEPARATE_QKV
+    fused_qkv: str | None = None
+    o: str = "o_proj"
+    mlp_note: str | None = None
+    text_config: bool = False
+
+    def modeling_module(self) -> ModuleType:
+        """``transformers.models.<family>.modeling_<family>`` for this model type."""
+        from transformers import CONFIG_MAPPING
+
+        config_module = CONFIG_MAPPING[self.model_type].__module__
+        return importlib.import_module(config_module.replace(".configuration_", ".modeling_"))
+
+    def classes(self) -> tuple[tuple[type, ...], tuple[type, ...]]:
+        """The attention and MLP classes, imported."""
+        module = self.modeling_module()
+        return (
+            tuple(getattr(module, name) for name in self.attention),
+            tuple(getattr(module, name) for name in self.mlp),
+        )
+
+
+def _gated(model_type: str, prefix: str, **fields) -> ArchSpec:
+    """The common case: ``<prefix>Attention`` with q/k/v/o and a gated ``<prefix>MLP``."""
+    return ArchSpec(model_type, attention=(f"{prefix}Attention",), mlp=(f"{prefix}MLP",), **fields)
+
+
+def _attention_only(model_type: str, prefix: str, note: str) -> ArchSpec:
+    return ArchSpec(model_type, attention=(f"{prefix}Attention",), mlp_note=note)
+
+
+_SPECS = [
+    _gated("llama", "Llama"),
+    _gated("mistral", "Mistral"),
+    _gated("qwen2", "Qwen2"),
+    _gated("qwen3", "Qwen3"),
+    _gated("gemma", "Gemma"),
+    _gated("gemma2", "Gemma2"),
+    _gated("gemma3", "Gemma3"),
+    _gated("gemma3_text", "Gemma3"),
+    _gated("granite", "Granite"),
+    _gated("glm4", "Glm4"),
+    _gated("smollm3", "SmolLM3"),
+    _gated("cohere2", "Cohere2"),
+    _gated("olmo2", "Olmo2"),
+    _gated("llama4", "Llama4Text"),
+    _gated("llama4_text", "Llama4Text"),
+    ArchSpec("mistral3", text_config=True),
+    ArchSpec("qwen2_vl", attention=("Qwen2VLAttention",), mlp=("Qwen2MLP",)),
+    _attention_only("mixtral", "Mixtral", MOE_NOTE),
+    _attention_only("qwen2_moe", "Qwen2Moe", MOE_NOTE),
+    _attention_only("qwen3_moe", "Qwen3Moe", MOE_NOTE),
+    _attention_only("starcoder2", "Starcoder2", NON_GATED_NOTE),
+    ArchSpec(
+        "phi3", attention=("Phi3Attention",), mlp=("Phi3MLP",), qkv=None, fused_qkv="qkv_proj"
+    ),
+]
+
+REGISTRY: dict[str, ArchSpec] = {spec.model_type: spec for spec in _SPECS}
+
+
+def supported_architectures() -> list[str]:
+    """The registered ``model_type`` names, sorted."""
+    return sorted(REGISTRY)
+
+
+def get_spec(model_type: str) -> ArchSpec:
+    """The entry for ``model_type``, or UnsupportedArchitectureError saying what to do."""
+    try:
+        return REGISTRY[model_type]
+    except KeyError:
+        raise UnsupportedArchitectureError(
+            f"model_type {model_type!r} is not registered in lk_patch "
+            f"(supported: {', '.join(supported_architectures())}). Use PEFT's own forward "
+            "for this model, or add an ArchSpec in lk_patch/_registry.py and check it with "
+            f"`uv run tools/verify_arch.py {model_type}`."
+        ) from None
