@@ -23,6 +23,7 @@ from rich.table import Table
 
 import lk_triton
 from _peers import liger_swiglu
+from lk_triton._reference import activation_derivative
 
 
 @dataclass
@@ -76,12 +77,11 @@ def candidates(kind: str):
         u = u.detach().requires_grad_()
         return torch.autograd.grad(act(g) * u, (g, u), dh)
 
-    def math_b(dh, g, u):  # the same three outputs our kernel writes, for torch.compile
-        with torch.enable_grad():
-            g32 = g.float().requires_grad_()
-            a = act(g32)
-            (da,) = torch.autograd.grad(a, g32, torch.ones_like(a))
-        return (a * u).to(g.dtype), (dh * u * da).to(g.dtype), (dh * a).to(g.dtype)
+    def math_b(dh, g, u):  # our kernel's three outputs, as explicit math for torch.compile
+        g32, u32, dh32 = g.float(), u.float(), dh.float()
+        a = act(g32)
+        da = activation_derivative(g32, kind)
+        return (a * u32).to(g.dtype), (dh32 * u32 * da).to(g.dtype), (dh32 * a).to(g.dtype)
 
     out = {
         "lk_triton": (ours_f, ours_b, 6),
@@ -91,7 +91,11 @@ def candidates(kind: str):
     }
     if kind == "silu" and (liger := liger_swiglu()):
         liger_forward, liger_backward = liger
-        out["liger"] = (lambda g, u: liger_forward(g, u)[2], liger_backward, 5)
+        out["liger"] = (
+            lambda g, u: liger_forward(g, u)[2],
+            lambda dh, g, u: liger_backward(g, u, dh),  # in place: (dgate, dup) in (g, u)
+            5,
+        )
     return act, out
 
 
@@ -112,7 +116,7 @@ def run(rows: int, cols: int) -> list[Row]:
                 err = rel_err(fwd(gate, up), ref_h)
                 ms = bench(lambda fwd=fwd: fwd(gate, up))
                 frac = 3 * tensor_bytes / ms / copy_bw
-                result.append(Row(f"{name} [{kind}]", "fwd", 3, ms, frac, err))
+                result.append(Row(f"{name} ({kind})", "fwd", 3, ms, frac, err))
             # Backward implementations that work in place get fresh copies to check, and
             # are timed on scratch buffers (values drift, the work per element does not).
             outs = bwd(dh.clone(), gate.clone(), up.clone())
@@ -120,7 +124,7 @@ def run(rows: int, cols: int) -> list[Row]:
             bufs = (dh.clone(), gate.clone(), up.clone())
             ms = bench(lambda bwd=bwd, bufs=bufs: bwd(*bufs))
             frac = moved_bwd * tensor_bytes / ms / copy_bw
-            result.append(Row(f"{name} [{kind}]", "bwd", moved_bwd, ms, frac, err))
+            result.append(Row(f"{name} ({kind})", "bwd", moved_bwd, ms, frac, err))
             del outs, bufs
     return result
 
