@@ -7,7 +7,8 @@ of 8192 tokens, bf16. Two configurations: 8 layers without checkpointing, and 32
 weights. Each variant then runs again with Liger's RoPE, RMSNorm and fused linear
 cross-entropy (not its SwiGLU, which the LoRA MLP replaces), as users run them.
 
-Usage on a CUDA machine: ``python tools/bench_model.py [--layers 8 32] [--steps 5]``.
+Usage on a CUDA machine: ``python tools/bench_model.py [--layers 8 32] [--steps 5]``;
+``--smoke`` runs a tiny model on the CPU to check the script itself.
 Writes ``$OUT/bench_model.json`` when ``OUT`` is set.
 """
 
@@ -29,7 +30,10 @@ import lk_autograd
 from _peers import axolotl_lora
 from lk_patch import patch_model, unpatch_model
 
-TOKENS = 8192
+LLAMA3_8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
+             "num_key_value_heads": 8, "vocab_size": 128256}  # fmt: skip
+SMOKE = {"hidden_size": 64, "intermediate_size": 160, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "vocab_size": 256}  # fmt: skip
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -43,15 +47,14 @@ class Result:
     loss: float
 
 
-def build(layers: int, checkpointing: bool):
+def build(dims: dict, layers: int, checkpointing: bool, device: str, tokens: int):
     config = LlamaConfig(
-        hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
-        num_key_value_heads=8, num_hidden_layers=layers, vocab_size=128256,
-        max_position_embeddings=TOKENS, attn_implementation="sdpa",
+        **dims, num_hidden_layers=layers, max_position_embeddings=tokens,
+        attn_implementation="sdpa",
     )  # fmt: skip
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
+    with torch.device(device):
         model = LlamaForCausalLM(config)
     torch.set_default_dtype(torch.float32)
     if checkpointing:
@@ -60,11 +63,13 @@ def build(layers: int, checkpointing: bool):
     return get_peft_model(model, lora)
 
 
-def time_steps(model, steps: int) -> tuple[float, float, float]:
+def time_steps(model, steps: int, tokens: int) -> tuple[float, float, float]:
     """Return (tokens/s, peak GiB, last loss) over ``steps`` timed steps after 2 warm-ups."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
-    ids = torch.randint(0, model.config.vocab_size, (1, TOKENS), device="cuda")
+    device = params[0].device
+    ids = torch.randint(0, model.config.vocab_size, (1, tokens), device=device)
+    cuda = device.type == "cuda"
 
     def step() -> float:
         loss = model(input_ids=ids, labels=ids).loss
@@ -75,14 +80,17 @@ def time_steps(model, steps: int) -> tuple[float, float, float]:
 
     for _ in range(2):
         step()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(steps):
         loss = step()
-    torch.cuda.synchronize()
+    if cuda:
+        torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    return TOKENS * steps / elapsed, torch.cuda.max_memory_allocated() / 2**30, loss
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    return tokens * steps / elapsed, peak, loss
 
 
 @contextlib.contextmanager
@@ -133,19 +141,26 @@ def apply_liger(model) -> bool:
     return True
 
 
-def run_config(layers: int, checkpointing: bool, steps: int) -> list[Result]:
-    model = build(layers, checkpointing)
+def run_config(args: argparse.Namespace, layers: int) -> list[Result]:
+    checkpointing = layers > 8
+    model = build(args.dims, layers, checkpointing, args.device, args.tokens)
     axolotl = axolotl_lora()
     variants = {"PEFT": contextlib.nullcontext, "lk-patch": lambda: lk_kernels(model)}
     if axolotl is not None:
         variants["Axolotl"] = lambda: axolotl_kernels(model, axolotl)
+    # Every variant starts from the same LoRA weights, so the losses are comparable too.
+    initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     results = []
     for suffix in ("", " + Liger"):
         if suffix and not apply_liger(model):
             break
         for name, context in variants.items():
             with context():
-                tps, peak, loss = time_steps(model, steps)
+                tps, peak, loss = time_steps(model, args.steps, args.tokens)
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if n in initial:
+                        p.copy_(initial[n])
             results.append(Result(layers, checkpointing, name + suffix, tps, peak, loss))
             print(results[-1], flush=True)
     return results
@@ -155,13 +170,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU, 1 step")
     args = parser.parse_args()
+    args.dims, args.device, args.tokens = LLAMA3_8B, "cuda", 8192
+    if args.smoke:
+        args.dims, args.device, args.tokens, args.steps = SMOKE, "cpu", 64, 1
     results = []
     for layers in args.layers:
-        results += run_config(layers, checkpointing=layers > 8, steps=args.steps)
-        torch.cuda.empty_cache()
+        results += run_config(args, layers)
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
 
-    table = Table(title=f"LoRA r=16 training step, {TOKENS} tokens, {torch.cuda.get_device_name()}")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU smoke run"
+    table = Table(title=f"LoRA r=16 training step, {args.tokens} tokens, {where}")
     for col in ("layers", "ckpt", "variant", "tok/s", "vs PEFT", "peak GiB", "loss"):
         table.add_column(col)
     for r in results:
