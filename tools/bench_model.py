@@ -64,7 +64,10 @@ def build(dims: dict, layers: int, checkpointing: bool, device: str, tokens: int
 
 
 def time_steps(model, steps: int, tokens: int) -> tuple[float, float, float]:
-    """Return (tokens/s, peak GiB, last loss) over ``steps`` timed steps after 2 warm-ups."""
+    """Return (tokens/s, peak GiB, first loss) over ``steps`` timed steps after 2 warm-ups.
+
+    The first warm-up loss comes before any optimizer step, so it compares across variants.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     device = params[0].device
@@ -78,19 +81,19 @@ def time_steps(model, steps: int, tokens: int) -> tuple[float, float, float]:
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
-    for _ in range(2):
-        step()
+    first_loss = step()
+    step()
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(steps):
-        loss = step()
+        step()
     if cuda:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-    return tokens * steps / elapsed, peak, loss
+    return tokens * steps / elapsed, peak, first_loss
 
 
 @contextlib.contextmanager
@@ -183,7 +186,7 @@ def main() -> None:
 
     where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU smoke run"
     table = Table(title=f"LoRA r=16 training step, {args.tokens} tokens, {where}")
-    for col in ("layers", "ckpt", "variant", "tok/s", "vs PEFT", "peak GiB", "loss"):
+    for col in ("layers", "ckpt", "variant", "tok/s", "vs PEFT", "peak GiB", "first loss"):
         table.add_column(col)
     for r in results:
         baseline = "PEFT + Liger" if r.variant.endswith(" + Liger") else "PEFT"
