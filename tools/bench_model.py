@@ -71,7 +71,8 @@ def time_steps(model, steps: int, tokens: int) -> tuple[float, float, float]:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     device = params[0].device
-    ids = torch.randint(0, model.config.vocab_size, (1, tokens), device=device)
+    generator = torch.Generator().manual_seed(0)  # the same tokens for every variant
+    ids = torch.randint(0, model.config.vocab_size, (1, tokens), generator=generator).to(device)
     cuda = device.type == "cuda"
 
     def step() -> float:
