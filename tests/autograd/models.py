@@ -106,11 +106,14 @@ def run(fn: Callable, model: nn.Module, X: Tensor, grads: list[Tensor] | None, s
     """Forward (RNG seeded first, so dropout draws agree), backward with ``grads``; outputs,
     ``dX`` and every parameter gradient by name."""
     X = X.detach().clone().requires_grad_(X.requires_grad)
+    model.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
     outs = fn(model, X)
     outs = list(outs) if isinstance(outs, tuple) else [outs]
     if grads is not None:
-        loss = sum((o.float() * g.to(o.device).float()).sum() for o, g in zip(outs, grads))
+        loss = sum(
+            (o.float() * g.to(o.device).float()).sum() for o, g in zip(outs, grads, strict=True)
+        )
         loss.backward(retain_graph=retain)
     pgrads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     return outs, X.grad, pgrads
@@ -132,8 +135,8 @@ def compare(block: str, model: nn.Module, X: Tensor, *, ref_model: nn.Module | N
     o1, dx1, g1 = run(ours, model, X, grads)
     o2, dx2, g2 = run(ref, ref_model, ref_X, grads)
     assert set(g1) == set(g2), set(g1) ^ set(g2)
-    errs = {f"out{i}": rel(a, b) for i, (a, b) in enumerate(zip(o1, o2))}
-    for a, b in zip(o1, o2):
+    errs = {f"out{i}": rel(a, b) for i, (a, b) in enumerate(zip(o1, o2, strict=True))}
+    for a, b in zip(o1, o2, strict=True):
         assert a.dtype == b.dtype or ref_model is not None
     if X.requires_grad:
         errs["dX"] = rel(dx1, dx2)

@@ -161,7 +161,7 @@ def _project(
             Y = Z * c if p.bias is None else torch.addcmul(p.bias.to(acc), Z, c)
         else:
             P = _dropped(X, a) @ W.to(ldt).t()
-            Z = P.to(acc).addmm_(XAs[0].to(acc), a.B.t().to(acc), alpha=s)
+            Z = torch.addmm(P.to(acc), XAs[0].to(acc), a.B.t().to(acc), alpha=s)
             Y = torch.addcmul(_linear(X, W, p.bias).to(acc) - P, Z, c)
         return Y.to(X.dtype), [Saved(XAs[0], Z, c, n)]
     Y = _linear(X, W, p.bias)

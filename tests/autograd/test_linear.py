@@ -1,0 +1,83 @@
+"""Outputs and every gradient of LoRA_MLP / LoRA_QKV / LoRA_O against PEFT's own forward and
+backward (``_linear`` holds the shared math), over the supported adapter configurations."""
+
+import copy
+
+import pytest
+import torch
+
+from .models import compare, make_model
+
+VARIANTS = {
+    "plain": {},
+    "base_bias": {"bias": True},
+    "lora_bias": {"bias": True, "lora_bias": True},
+    "rslora": {"use_rslora": True},
+    "dropout": {"lora_dropout": 0.3},
+    "dora": {"use_dora": True},
+    "dora_bias": {"use_dora": True, "bias": True},
+    "dora_dropout": {"use_dora": True, "lora_dropout": 0.3, "bias": True},
+    "multi": {"adapters": 3, "lora_bias": True, "bias": True},
+    "multi_dropout": {"adapters": 2, "lora_dropout": 0.25},
+}
+BLOCKS = ["mlp", "qkv", "o"]
+
+
+def _X(*shape, dtype=torch.float64, grad=True):
+    return torch.randn(*shape, 16, dtype=dtype, requires_grad=grad)
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_float64(block, variant):
+    model = make_model(**VARIANTS[variant])
+    errs = compare(block, model, _X(2, 3))
+    assert max(errs.values()) < 1e-10, errs
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+@pytest.mark.parametrize("variant", ["plain", "multi", "dora_dropout"])
+def test_float32(block, variant):
+    model = make_model(torch.float32, **VARIANTS[variant])
+    errs = compare(block, model, _X(5, dtype=torch.float32))
+    assert max(errs.values()) < 1e-5, errs
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+@pytest.mark.parametrize("adapter_fp32", [True, False], ids=["fp32_adapters", "bf16_adapters"])
+@pytest.mark.parametrize("variant", ["plain", "lora_bias", "dora", "multi"])
+def test_bfloat16_against_float64(block, adapter_fp32, variant):
+    model = make_model(torch.bfloat16, autocast_adapter_dtype=adapter_fp32, **VARIANTS[variant])
+    A = model.q_proj.lora_A.default.weight
+    assert A.dtype == (torch.float32 if adapter_fp32 else torch.bfloat16)
+    ref = copy.deepcopy(model).double()
+    X = _X(4, 8, dtype=torch.bfloat16)
+    errs = compare(block, model, X, ref_model=ref, ref_X=X.detach().double().requires_grad_())
+    assert max(errs.values()) < 2e-2, errs
+    peft = compare(block, copy.deepcopy(model), X, ours_fn=None)  # ours vs PEFT, both bf16
+    assert max(peft.values()) < 2e-2, peft
+
+
+def test_set_scale_read_each_call():
+    model = make_model()
+    compare("o", model, _X(3))
+    model.o_proj.set_scale("default", 0.37)
+    errs = compare("o", model, _X(3))
+    assert max(errs.values()) < 1e-10, errs
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_two_dim_input_and_eval_mode_dropout(block):
+    model = make_model(lora_dropout=0.5, use_dora=True).eval()
+    errs = compare(block, model, _X(7))
+    assert max(errs.values()) < 1e-10, errs
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_requires_grad_subsets(block):
+    model = make_model(adapters=2, bias=True, lora_bias=True)
+    for name, p in model.named_parameters():
+        if "lora_A.default" in name or "up_proj.lora_B" in name or "k_proj" in name:
+            p.requires_grad_(False)
+    errs = compare(block, model, _X(2, 3, grad=False))
+    assert max(errs.values()) < 1e-10, errs
