@@ -1,0 +1,326 @@
+"""Check that lk_patch computes what PEFT computes, on a tiny random model of an architecture.
+
+    uv run tools/verify_arch.py mistral
+    uv run tools/verify_arch.py --all [--device cuda --dtype bfloat16]
+
+For each architecture: build a 2-layer model with tiny sizes from its transformers config
+class (no downloads; multimodal wrappers get tiny vision towers and are fed text), inject
+LoRA on every projection with random non-zero A and B (``init_lora_weights=False``), then
+compare the patched model's logits and every LoRA gradient with the unpatched PEFT model on
+the same inputs. Two variants: plain LoRA, and LoRA with a bias on B and dropout 0.1.
+
+Reference: the same model cast to float64, unpatched. Relative error ``||x - ref|| / ||ref||``
+per tensor; bounds from DESIGN.md (float64 1e-10, float32 1e-5, bf16/fp16 2e-2). Below
+float64 the bound is also allowed to be twice PEFT's own error against the same reference,
+since a whole model accumulates more rounding than one block. Dropout masks match because
+both runs start from the same seed and lk-autograd draws each projection's mask the way PEFT
+does (``dropout`` applied to a tensor of the same shape and dtype, in PEFT's order); float64
+is the default on the CPU so the comparison is tight enough to see a single wrong mask.
+The patched run must also have fused every group (no silent fallback), and unpatching must
+give PEFT's result bit for bit. Exits 1 on any mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+import transformers
+from peft import LoraConfig, get_peft_model
+from transformers import CONFIG_MAPPING, AutoModelForCausalLM, AutoModelForImageTextToText
+from transformers.models.auto import modeling_auto
+
+import lk_patch
+
+DTYPES = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+BOUNDS = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-2}
+TARGETS = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "qkv_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "gate_up_proj",
+]
+
+# Tiny sizes, applied to every (sub-)config that has the field.
+TINY = {
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "vocab_size": 128,
+    "max_position_embeddings": 64,
+    "moe_intermediate_size": 32,
+    "shared_expert_intermediate_size": 48,
+    "num_experts": 4,
+    "num_local_experts": 4,
+    "n_routed_experts": 4,
+    "num_experts_per_tok": 2,
+    "sliding_window": 16,
+    "image_size": 32,
+    "patch_size": 8,
+    "num_channels": 3,
+    "vision_output_dim": 64,
+    "projector_input_dim": 64,
+    "projector_output_dim": 64,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+# Per-architecture adjustments, each with its reason.
+OVERRIDES = {
+    # every layer would be MoE by default; one dense layer exercises Llama4TextMLP alone.
+    "llama4_text": {"interleave_moe_layer_step": 2},
+    # M-RoPE sections must add up to head_dim / 2.
+    "qwen2_vl_text": {
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [2, 3, 3],
+        }
+    },
+}
+
+
+def tiny_config(model_type: str) -> transformers.PretrainedConfig:
+    """A default config of ``model_type`` shrunk to tiny sizes (sub-configs too)."""
+    config_class = CONFIG_MAPPING[model_type]
+    default = config_class()
+    kwargs = {key: value for key, value in TINY.items() if hasattr(default, key)}
+    kwargs.update(OVERRIDES.get(model_type, {}))
+    for name in getattr(config_class, "sub_configs", {}) or {}:
+        sub = getattr(default, name, None)
+        if isinstance(sub, transformers.PretrainedConfig):
+            kwargs[name] = tiny_config(sub.model_type)
+    return config_class(**kwargs)
+
+
+def build_model(model_type: str, dtype: torch.dtype, device: str, dropout: float, bias: bool):
+    """A tiny PEFT model of ``model_type`` with random non-zero LoRA weights."""
+    config = tiny_config(model_type)
+    auto = (
+        AutoModelForCausalLM
+        if model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        else AutoModelForImageTextToText
+    )
+    torch.manual_seed(0)
+    # Eager experts: grouped_mm has no float64 kernel.
+    model = auto.from_config(
+        config, attn_implementation="eager", experts_implementation="eager", dtype=torch.float32
+    )
+    # Full names of the nn.Linear projections only (a bare name would also match MoE expert
+    # parameters, which PEFT wraps differently).
+    targets = [
+        name
+        for name, module in model.named_modules()
+        if type(module) is torch.nn.Linear and name.rsplit(".", 1)[-1] in TARGETS
+    ]
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=targets,
+        init_lora_weights=False,
+        lora_dropout=dropout,
+        lora_bias=bias,
+    )
+    model = get_peft_model(model, lora).to(device=device, dtype=dtype)
+    model.train()  # LoRA dropout is active only in training mode
+    return model, config
+
+
+def run(model, input_ids: torch.Tensor, weight: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+    """Logits and every LoRA gradient of ``sum(logits * weight)``, from RNG state ``seed``."""
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    logits = model(input_ids=input_ids).logits
+    (logits.float() * weight).sum().backward()
+    out = {"logits": logits.detach().double()}
+    for name, parameter in model.named_parameters():
+        if "lora_" in name and parameter.grad is not None:
+            out[name] = parameter.grad.double()
+    return out
+
+
+def rel_error(x: torch.Tensor, ref: torch.Tensor) -> float:
+    scale = ref.norm().item()
+    return (x - ref).norm().item() / (scale if scale > 0 else 1.0)
+
+
+def max_error(out: dict, ref: dict) -> tuple[float, float, str]:
+    """(logits error, worst gradient error, its parameter); missing gradients count as inf."""
+    worst, where = 0.0, ""
+    for name, tensor in ref.items():
+        if name == "logits":
+            continue
+        error = rel_error(out[name], tensor) if name in out else float("inf")
+        if error > worst:
+            worst, where = error, name
+    if set(out) - set(ref):
+        worst, where = float("inf"), f"unexpected gradients: {sorted(set(out) - set(ref))[:3]}"
+    return rel_error(out["logits"], ref["logits"]), worst, where
+
+
+@dataclass
+class Result:
+    arch: str
+    variant: str
+    logits: float
+    grads: float
+    where: str
+    peft: float
+    bound: float
+    grads_checked: int
+    fused: str
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problem and max(self.logits, self.grads) <= self.bound
+
+
+def verify_variant(arch: str, variant: str, device: str, dtype: torch.dtype) -> Result:
+    dropout, bias = (0.1, True) if variant == "bias+dropout" else (0.0, False)
+    model, config = build_model(arch, dtype, device, dropout, bias)
+    text = getattr(config, "text_config", None) or config
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(0, text.vocab_size, (2, 8), generator=generator).to(device)
+    weight = torch.randn(2, 8, text.vocab_size, generator=generator).to(device)
+    reference_model = copy.deepcopy(model).to(torch.float64)
+    ref = run(reference_model, input_ids, weight, seed=2)
+    peft = run(model, input_ids, weight, seed=2)
+    report = lk_patch.patch_model(model)
+    patched = run(model, input_ids, weight, seed=2)
+    lk_patch.unpatch_model(model)
+    restored = run(model, input_ids, weight, seed=2)
+
+    logits, grads, where = max_error(patched, ref)
+    peft_error = max(max_error(peft, ref)[:2])
+    bound = BOUNDS[dtype] if dtype == torch.float64 else max(BOUNDS[dtype], 2 * peft_error)
+    problem = ""
+    skipped = [e for e in report.skipped if e.module != "(decoder layer)"]
+    if skipped:
+        problem = f"not fused: {skipped[0].module} {skipped[0].group}: {skipped[0].detail}"
+    elif not report.patched:
+        problem = "nothing was patched"
+    elif any(not torch.equal(restored[k], peft[k]) for k in peft) or set(restored) != set(peft):
+        problem = "unpatch_model did not restore PEFT's result exactly"
+    fused = ", ".join(sorted({f"{e.module}.{e.group}" for e in report.patched}))
+    return Result(
+        arch, variant, logits, grads, where, peft_error, bound, len(ref) - 1, fused, problem
+    )
+
+
+def verify(arch: str, device: str, dtype: torch.dtype) -> list[Result]:
+    """Both variants of one architecture; an exception becomes a failed Result."""
+    results = []
+    for variant in ("lora", "bias+dropout"):
+        try:
+            results.append(verify_variant(arch, variant, device, dtype))
+        except Exception as error:  # noqa: BLE001 - reported in the table, exit code 1
+            results.append(
+                Result(
+                    arch,
+                    variant,
+                    float("nan"),
+                    float("nan"),
+                    "",
+                    float("nan"),
+                    BOUNDS[dtype],
+                    0,
+                    "",
+                    f"{type(error).__name__}: {error}",
+                )
+            )
+    return results
+
+
+def uncovered_decoders() -> list[str]:
+    """Causal-LM model types of the installed transformers that are not registered."""
+    registered = set(lk_patch.supported_architectures())
+    return sorted(set(modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) - registered)
+
+
+def print_table(results: list[Result], device: str, dtype: torch.dtype) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"lk_patch vs PEFT, float64 reference ({device}, {str(dtype)[6:]}, "
+        f"transformers {transformers.__version__})"
+    )
+    for column in (
+        "arch",
+        "variant",
+        "logits err",
+        "grad err (max)",
+        "PEFT's own err",
+        "bound",
+        "grads",
+        "result",
+    ):
+        table.add_column(column)
+    for r in results:
+        status = "[green]ok[/]" if r.ok else f"[red]FAIL[/] {r.problem or 'error above bound'}"
+        table.add_row(
+            r.arch,
+            r.variant,
+            f"{r.logits:.1e}",
+            f"{r.grads:.1e}",
+            f"{r.peft:.1e}",
+            f"{r.bound:.0e}",
+            str(r.grads_checked),
+            status,
+        )
+    Console(width=200).print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("arch", nargs="*", help="model_type(s), e.g. mistral")
+    parser.add_argument("--all", action="store_true", help="every registered architecture")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--dtype", choices=list(DTYPES), help="default: float64 on the CPU, bfloat16 on CUDA"
+    )
+    args = parser.parse_args(argv)
+    if not args.arch and not args.all:
+        parser.error("give an architecture (see --all) or --all")
+    dtype = DTYPES[args.dtype or ("float64" if args.device == "cpu" else "bfloat16")]
+    archs = lk_patch.supported_architectures() if args.all else args.arch
+    transformers.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore")  # deprecation and "lora_bias without base bias" noise
+    results = []
+    for arch in archs:
+        start = time.perf_counter()
+        results.extend(verify(arch, args.device, dtype))
+        print(f"{arch}: {time.perf_counter() - start:.1f}s", file=sys.stderr)
+    print_table(results, args.device, dtype)
+    if args.all:
+        print(
+            f"Decoders in transformers {transformers.__version__} not registered: "
+            f"{', '.join(uncovered_decoders())}"
+        )
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        print(f"FAIL {r.arch} [{r.variant}]: {r.problem or 'error above bound'} {r.where}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
