@@ -142,3 +142,34 @@ def compare(block: str, model: nn.Module, X: Tensor, *, ref_model: nn.Module | N
         errs["dX"] = rel(dx1, dx2)
     errs.update({n: rel(g1[n], g2[n]) for n in g2})
     return errs
+
+
+def make_4bit_model(
+    quant_type: str = "nf4", double_quant: bool = False, dtype: torch.dtype = torch.float32, **kw
+) -> nn.Module:
+    """Like ``make_model`` but every base layer is a bitsandbytes ``Linear4bit`` (on the CPU),
+    wrapped by PEFT's ``lora.bnb.Linear4bit``."""
+    import bitsandbytes as bnb
+
+    torch.manual_seed(kw.pop("seed", 0))
+    block = Block(bias=kw.pop("bias", False))
+    for name in MLP + ATTN:
+        lin = getattr(block, name)
+        q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
+                              compute_dtype=dtype, quant_type=quant_type,
+                              compress_statistics=double_quant)  # fmt: skip
+        q.weight = bnb.nn.Params4bit(lin.weight.data.to(dtype), requires_grad=False,
+                                     quant_type=quant_type,
+                                     compress_statistics=double_quant)._quantize("cpu")  # fmt: skip
+        if lin.bias is not None:
+            q.bias = nn.Parameter(lin.bias.data.to(dtype), requires_grad=False)
+        setattr(block, name, q)
+    block.is_loaded_in_4bit = True
+    cfg = {"r": 4, "lora_alpha": 7, "target_modules": list(MLP + ATTN), "init_lora_weights": False}
+    cfg.update(kw)
+    model = get_peft_model(block, LoraConfig(**cfg)).base_model.model
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_magnitude_vector" in name:
+                p.mul_(1 + 0.2 * torch.rand_like(p))
+    return model
