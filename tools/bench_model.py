@@ -156,8 +156,8 @@ def run_config(args: argparse.Namespace, layers: int) -> list[Result]:
     initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     results = []
     for suffix in ("", " + Liger"):
-        if suffix and not apply_liger(model):
-            break
+        if suffix and (args.device != "cuda" or not apply_liger(model)):
+            break  # Liger's kernels are Triton: GPU only
         for name, context in variants.items():
             with context():
                 tps, peak, loss = time_steps(model, args.steps, args.tokens)
