@@ -1,0 +1,17 @@
+"""Every registered architecture, patched, matches PEFT on a tiny float64 model (CPU)."""
+
+import pytest
+import torch
+from conftest import verify_arch
+
+import lk_patch
+
+
+@pytest.mark.parametrize("arch", lk_patch.supported_architectures())
+def test_architecture_matches_peft(arch):
+    results = verify_arch.verify(arch, "cpu", torch.float64)
+    failures = [
+        f"{r.variant}: {r.problem or (r.logits, r.grads, r.where)}" for r in results if not r.ok
+    ]
+    assert not failures, failures
+    assert all(r.grads_checked > 0 for r in results)
