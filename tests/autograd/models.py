@@ -38,9 +38,11 @@ def make_model(
     adapters: int = 1,
     autocast_adapter_dtype: bool = True,
     seed: int = 0,
+    peft_model: bool = False,
     **config,
 ) -> nn.Module:
-    """A PEFT-wrapped ``Block`` with non-zero ``lora_B`` (and a perturbed DoRA magnitude)."""
+    """A PEFT-wrapped ``Block`` with non-zero ``lora_B`` (and a perturbed DoRA magnitude); the
+    ``PeftModel`` itself with ``peft_model=True``."""
     torch.manual_seed(seed)
     block = Block(bias=bias).to(dtype)
     kw = {"r": 4, "lora_alpha": 7, "target_modules": list(MLP + ATTN), "init_lora_weights": False}
@@ -58,7 +60,7 @@ def make_model(
                 p.mul_(1 + 0.2 * torch.rand_like(p))
             if "lora_B" in name and "bias" in name:
                 p.normal_()
-    return model.base_model.model
+    return model if peft_model else model.base_model.model
 
 
 def rel(a: Tensor | None, b: Tensor | None) -> float:

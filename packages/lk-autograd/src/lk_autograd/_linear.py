@@ -231,7 +231,7 @@ def backward_input(
             if a.m is not None:
                 if need_a.m:
                     dm = ((dO * Z).sum(0) / n).to(a.m.dtype)
-                dL = dO * c
+                dL = (dO * c).to(acc)
                 if a.M is None:
                     base_dY = dL.to(X_dtype)
                 elif want_dX:  # the base term on the dropped input: M * ((c - 1) dO W)
