@@ -8,26 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lk_triton import geglu_backward, geglu_forward, swiglu_backward, swiglu_forward
-
 from . import _linear as L
+from ._act import ACTIVATIONS, act_backward, act_forward
 from ._args import apply_args, autocast_dtype, fusable, no_autocast, read
-
-ACTIVATIONS = ("swiglu", "geglu", "geglu_tanh")
-
-
-def _act_forward(activation: str, e: Tensor, g: Tensor) -> Tensor:
-    if activation == "swiglu":
-        return swiglu_forward(e, g)
-    return geglu_forward(e, g, "tanh" if activation == "geglu_tanh" else "none")
-
-
-def _act_backward(activation: str, dh: Tensor, e: Tensor, g: Tensor) -> tuple[Tensor, ...]:
-    # inplace=False: e and g are saved tensors, and a second backward must see them intact
-    if activation == "swiglu":
-        return swiglu_backward(dh, e, g, inplace=False)
-    approximate = "tanh" if activation == "geglu_tanh" else "none"
-    return geglu_backward(dh, e, g, approximate, inplace=False)
 
 
 class LoRA_MLP(torch.autograd.Function):
@@ -53,7 +36,7 @@ class LoRA_MLP(torch.autograd.Function):
     def forward(ctx: Any, X: Tensor, activation: str, layouts: tuple, *flat: Any) -> Tensor:
         gate, up, down = L.unpack(layouts, flat)
         (e, g), saved_gu = L.forward(X, [gate, up], layouts[:2])
-        h = _act_forward(activation, e, g)
+        h = act_forward(e, g, activation)
         (Y,), saved_down = L.forward(h, [down], layouts[2:])
         del h
         ctx.activation, ctx.layouts, ctx.n_gu = activation, layouts, len(saved_gu)
@@ -74,7 +57,7 @@ class LoRA_MLP(torch.autograd.Function):
             dh, (g_down,), pending = L.backward_input(
                 [down], layouts[2:], saved_down, [dY], [need_down], True, X.dtype
             )
-            h, de, dg = _act_backward(ctx.activation, dh, e, g)
+            h, de, dg = act_backward(dh.contiguous(), e, g, ctx.activation)
             del dh
             (g_down,) = L.grad_A(h, [down], pending, [g_down])
             del h

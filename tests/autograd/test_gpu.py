@@ -1,0 +1,77 @@
+"""The same comparisons on CUDA (Triton kernels, cuBLAS, CUDA dropout); skipped without a GPU.
+
+Run on the device: ``uv run pytest tests/autograd -m gpu -q``.
+"""
+
+import copy
+import functools
+
+import pytest
+import torch
+
+from lk_autograd import apply_lora_mlp
+
+from .models import compare, make_4bit_model, make_model, peft_mlp
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA/ROCm device"),
+]
+
+VARIANTS = {
+    "plain": {},
+    "bias": {"bias": True, "lora_bias": True},
+    "dropout": {"lora_dropout": 0.2},
+    "dora": {"use_dora": True, "bias": True},
+    "dora_dropout": {"use_dora": True, "lora_dropout": 0.2},
+    "multi": {"adapters": 3},
+}
+
+
+def _X(dtype, *shape):
+    return torch.randn(*shape, 16, device="cuda", dtype=dtype, requires_grad=True)
+
+
+@pytest.mark.parametrize("block", ["mlp", "qkv", "o"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+def test_cuda_against_peft(block, variant, dtype):
+    model = make_model(dtype, **VARIANTS[variant]).cuda()
+    errs = compare(block, model, _X(dtype, 3, 37))
+    assert max(errs.values()) < (1e-10 if dtype == torch.float64 else 1e-5), errs
+
+
+@pytest.mark.parametrize("block", ["mlp", "qkv", "o"])
+@pytest.mark.parametrize("variant", ["plain", "dora", "multi"])
+@pytest.mark.parametrize("adapter_fp32", [True, False], ids=["fp32_adapters", "bf16_adapters"])
+def test_cuda_bfloat16_against_float64(block, variant, adapter_fp32):
+    model = make_model(torch.bfloat16, autocast_adapter_dtype=adapter_fp32, **VARIANTS[variant])
+    model = model.cuda()
+    ref = copy.deepcopy(model).double()
+    X = _X(torch.bfloat16, 4, 64)
+    errs = compare(block, model, X, ref_model=ref, ref_X=X.detach().double().requires_grad_())
+    assert max(errs.values()) < 2e-2, errs
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("double_quant", [False, True], ids=["single", "double"])
+def test_cuda_4bit(quant_type, double_quant):
+    pytest.importorskip("bitsandbytes")
+    model = make_4bit_model(quant_type, double_quant, dtype=torch.bfloat16, use_dora=False)
+    model = model.cuda()
+    errs = compare("mlp", model, _X(torch.bfloat16, 2, 40))
+    assert max(errs.values()) < 2e-2, errs
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_cuda_torch_compile_fullgraph(backend):
+    torch._dynamo.reset()
+
+    @torch.compile(fullgraph=True, backend=backend)
+    def compiled(m, X):
+        return apply_lora_mlp(m, X, "geglu_tanh")
+
+    model = make_model(torch.float32, bias=True, adapters=2).cuda()
+    peft = functools.partial(peft_mlp, activation="geglu_tanh")
+    errs = compare("mlp", model, _X(torch.float32, 2, 33), ours_fn=compiled, peft_fn=peft)
+    assert max(errs.values()) < 1e-5, errs
