@@ -148,7 +148,7 @@ def run(model, input_ids: torch.Tensor, weight: torch.Tensor, seed: int) -> dict
     """Logits and every LoRA gradient of ``sum(logits * weight)``, from RNG state ``seed``."""
     model.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
-    logits = model(input_ids=input_ids).logits
+    logits = model(input_ids=input_ids, use_cache=False).logits
     (logits.float() * weight).sum().backward()
     out = {"logits": logits.detach().double()}
     for name, parameter in model.named_parameters():

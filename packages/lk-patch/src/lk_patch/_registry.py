@@ -18,7 +18,7 @@ from ._errors import UnsupportedArchitectureError
 
 _SEPARATE_QKV = ("q_proj", "k_proj", "v_proj")
 MOE_NOTE = "MoE experts are not a gated-MLP module (attention only)"
-NON_GATED_NOTE = "MLP is not gated (attention only)"
+NON_GATED_NOTE = "MLP is not a plain gated MLP down(act(gate) * up) (attention only)"
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,25 @@ _SPECS = [
     ArchSpec(
         "phi3", attention=("Phi3Attention",), mlp=("Phi3MLP",), qkv=None, fused_qkv="qkv_proj"
     ),
+    # Found by scanning transformers 5.24's causal LMs for one attention class the rewrite
+    # accepts and MLP classes of the gated form; each verified by tools/verify_arch.py.
+    _attention_only("apertus", "Apertus", NON_GATED_NOTE),
+    _attention_only("apertus1p5_text", "Apertus1p5Text", NON_GATED_NOTE),
+    _attention_only("arcee", "Arcee", NON_GATED_NOTE),
+    ArchSpec("aria_text", attention=("AriaTextAttention",), mlp=("AriaSharedExpertsMLP",)),
+    _attention_only("beam", "Beam", MOE_NOTE),
+    _attention_only("bitnet", "BitNet", NON_GATED_NOTE),
+    _gated("cohere", "Cohere"),
+    _gated("cohere2_moe", "Cohere2Moe"),
+    _gated("cwm", "Cwm"),
+    _gated("diffllama", "DiffLlama"),
+    _gated("doge", "Doge"),
+    _gated("ernie4_5", "Ernie4_5"),
+    _gated("exaone4", "Exaone4"),
+    _attention_only("falcon_h1", "FalconH1", NON_GATED_NOTE),
+    _gated("flex_olmo", "FlexOlmo"),
+    _gated("flint", "Flint"),
+    _gated("glm", "Glm"),
 ]
 
 REGISTRY: dict[str, ArchSpec] = {spec.model_type: spec for spec in _SPECS}
