@@ -27,6 +27,7 @@ import triton
 from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
 
+from _peers import axolotl_lora
 from lk_autograd import apply_lora_mlp, apply_lora_o, apply_lora_qkv
 
 D, INTER, HEADS, KV, HD = 4096, 14336, 32, 8, 128
@@ -119,8 +120,12 @@ def fwd_bwd(fn: Callable, m: nn.Module, X: Tensor, dYs: list[Tensor]) -> Callabl
     return step
 
 
-def rel_errors(m: nn.Module, X: Tensor, dYs: list[Tensor], block: str) -> dict[str, float]:
+def rel_errors(
+    m: nn.Module, X: Tensor, dYs: list[Tensor], block: str, candidate: Callable | None = None
+) -> dict[str, float]:
+    """Relative error of ``candidate`` (ours by default) against PEFT, outputs and gradients."""
     peft, ours, _ = BLOCKS[block]
+    ours = candidate or ours
     params = [X] + [p for p in m.parameters() if p.requires_grad]
     results = []
     for fn in (ours, peft):
@@ -181,8 +186,18 @@ def floor(m: nn.Module, block: str, X: Tensor, dYs: list[Tensor]) -> Callable[[]
         return run
 
 
+def axolotl_blocks() -> dict[str, Callable]:
+    """Axolotl's entry points per block, when its wheel is installed."""
+    axolotl = axolotl_lora()
+    if axolotl is None:
+        return {}
+    return {"mlp": axolotl.apply_lora_mlp_swiglu, "qkv": axolotl.apply_lora_qkv,
+            "o": axolotl.apply_lora_o}  # fmt: skip
+
+
 def bench(r: int, nf4: bool, fp32_adapters: bool, tokens: int) -> list[dict]:
     m = build(r, nf4, fp32_adapters)
+    axolotl = axolotl_blocks()
     rows = []
     for block, (peft, ours, k) in BLOCKS.items():
         torch.manual_seed(1)
@@ -192,7 +207,13 @@ def bench(r: int, nf4: bool, fp32_adapters: bool, tokens: int) -> list[dict]:
         row = {"block": block, "r": r, "base": "nf4" if nf4 else "bf16", "tokens": tokens,
                "fp32_adapters": fp32_adapters, **rel_errors(m, X, dYs, block)}  # fmt: skip
         row["floor_ms"] = triton.testing.do_bench(floor(m, block, X, dYs))
-        for name, fn in (("peft", peft), ("ours", ours)):
+        impls = {"peft": peft, "ours": ours}
+        if block in axolotl:
+            impls["axolotl"] = axolotl[block]
+            row["axolotl_max_rel_err"] = rel_errors(m, X, dYs, block, impls["axolotl"])[
+                "max_rel_err"
+            ]
+        for name, fn in impls.items():
             ms = triton.testing.do_bench(fwd_bwd(fn, m, X, dYs))
             held, peak = held_and_peak(fn, m, X, dYs)
             row.update({f"{name}_ms": ms, f"{name}_x": ms / row["floor_ms"],
@@ -223,7 +244,7 @@ def main() -> None:
             for row in bench(r, nf4, args.fp32_adapters, args.tokens)]  # fmt: skip
     env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
            "triton": triton.__version__, "python": platform.python_version(),
-           "peft": version("peft"), "lk_autograd": version("lk-autograd")}  # fmt: skip
+           "peft": version("peft")}  # fmt: skip
     print(f"\n{env}")
     head = (f"{'block':5} {'base':4} {'r':>3} {'floor ms':>8} {'PEFT':>12} {'ours':>12} "
             f"{'held MiB P/ours':>16} {'peak MiB P/ours':>16} {'err':>8}")  # fmt: skip
@@ -234,6 +255,10 @@ def main() -> None:
               f"{w['peft_held_mib']:7.0f}/{w['ours_held_mib']:<8.0f} "
               f"{w['peft_peak_mib']:7.0f}/{w['ours_peak_mib']:<8.0f} "
               f"{w['max_rel_err']:8.1e}")  # fmt: skip
+        if "axolotl_ms" in w:
+            print(f"{'':14} Axolotl {w['axolotl_ms']:6.3f} {w['axolotl_x']:4.2f}x, held "
+                  f"{w['axolotl_held_mib']:.0f} MiB, peak {w['axolotl_peak_mib']:.0f} MiB, "
+                  f"err {w['axolotl_max_rel_err']:.1e}")  # fmt: skip
     out = os.environ.get("OUT")
     if out:
         with open(os.path.join(out, "bench_lora_blocks.json"), "w") as f:

@@ -36,10 +36,11 @@ def test_opcheck(device):
     for activation in ("silu", "gelu", "gelu_tanh"):
         torch.library.opcheck(torch.ops.lk_triton.gated_activation, (gate, up, activation))
         dh = torch.randn_like(gate)
-        torch.library.opcheck(
+        for backward in (
             torch.ops.lk_triton.gated_activation_backward,
-            (dh, gate.detach(), up.detach(), activation),
-        )
+            torch.ops.lk_triton.gated_recompute_backward,
+        ):
+            torch.library.opcheck(backward, (dh, gate.detach(), up.detach(), activation))
 
 
 @pytest.mark.parametrize("device", DEVICES)

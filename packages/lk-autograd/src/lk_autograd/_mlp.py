@@ -8,9 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import lk_triton  # noqa: F401  (registers the torch.ops.lk_triton custom ops)
+
 from . import _linear as L
-from ._act import ACTIVATIONS, act_backward, act_forward
 from ._args import apply_args, autocast_dtype, fusable, no_autocast, read
+
+# LoRA_MLP's activation names -> lk_triton's. The kernels run behind lk_triton's custom ops,
+# which keep torch.compile(fullgraph=True) tracing on every path (CUDA, CPU, interpreter).
+_KERNEL_ACTIVATION = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_tanh"}
 
 
 class LoRA_MLP(torch.autograd.Function):
@@ -36,7 +41,7 @@ class LoRA_MLP(torch.autograd.Function):
     def forward(ctx: Any, X: Tensor, activation: str, layouts: tuple, *flat: Any) -> Tensor:
         gate, up, down = L.unpack(layouts, flat)
         (e, g), saved_gu = L.forward(X, [gate, up], layouts[:2])
-        h = act_forward(e, g, activation)
+        h = torch.ops.lk_triton.gated_activation(e, g, _KERNEL_ACTIVATION[activation])
         (Y,), saved_down = L.forward(h, [down], layouts[2:])
         del h
         ctx.activation, ctx.layouts, ctx.n_gu = activation, layouts, len(saved_gu)
@@ -57,7 +62,9 @@ class LoRA_MLP(torch.autograd.Function):
             dh, (g_down,), pending = L.backward_input(
                 [down], layouts[2:], saved_down, [dY], [need_down], True, X.dtype
             )
-            h, de, dg = act_backward(dh.contiguous(), e, g, ctx.activation)
+            h, de, dg = torch.ops.lk_triton.gated_recompute_backward(
+                dh.contiguous(), e, g, _KERNEL_ACTIVATION[ctx.activation]
+            )
             del dh
             (g_down,) = L.grad_A(h, [down], pending, [g_down])
             del h
@@ -92,8 +99,10 @@ def apply_lora_mlp(
     Computes what the modules' own (PEFT) forwards compute, and runs exactly those forwards
     when a projection is in a state ``can_fuse`` rejects.
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if activation not in _KERNEL_ACTIVATION:
+        raise ValueError(
+            f"activation must be one of {tuple(_KERNEL_ACTIVATION)}, got {activation!r}"
+        )
     modules = [getattr(mlp, gate), getattr(mlp, up), getattr(mlp, down)]
     params = read(modules, X) if fusable(modules) else None
     if params is None:

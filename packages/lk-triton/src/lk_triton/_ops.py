@@ -1,7 +1,14 @@
-"""Differentiable gated activations, registered as ``torch.library`` custom ops.
+"""Gated activations registered as ``torch.library`` custom ops, and the differentiable ops.
 
 Custom ops with fake (meta) implementations are opaque to ``torch.compile``: it traces
-``swiglu``/``geglu`` with ``fullgraph=True`` and no graph break, and calls the kernels.
+``swiglu``/``geglu`` (and callers of the ops, such as lk-autograd's ``LoRA_MLP``) with
+``fullgraph=True`` and no graph break, and calls the kernels. ``activation`` is ``"silu"``,
+``"gelu"`` or ``"gelu_tanh"``. The ops:
+
+- ``torch.ops.lk_triton.gated_activation(gate, up, activation) -> h``
+- ``torch.ops.lk_triton.gated_activation_backward(dh, gate, up, activation) -> (dgate, dup)``
+- ``torch.ops.lk_triton.gated_recompute_backward(dh, gate, up, activation) -> (h, dgate, dup)``:
+  the raw backward, which also recomputes ``h``; out of place, so saved inputs stay intact.
 """
 
 from typing import Literal
@@ -39,6 +46,19 @@ def _(dh: Tensor, gate: Tensor, up: Tensor, activation: str) -> tuple[Tensor, Te
     check_same(dh=dh, gate=gate, up=up)
     fmt = torch.contiguous_format
     return torch.empty_like(gate, memory_format=fmt), torch.empty_like(up, memory_format=fmt)
+
+
+@torch.library.custom_op("lk_triton::gated_recompute_backward", mutates_args=())
+def _gated_recompute_backward(
+    dh: Tensor, gate: Tensor, up: Tensor, activation: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    return gated_backward(dh, gate, up, check_activation(activation), inplace=False)
+
+
+@_gated_recompute_backward.register_fake
+def _(dh: Tensor, gate: Tensor, up: Tensor, activation: str) -> tuple[Tensor, Tensor, Tensor]:
+    check_same(dh=dh, gate=gate, up=up)
+    return tuple(torch.empty_like(gate, memory_format=torch.contiguous_format) for _ in range(3))
 
 
 def _setup_context(ctx, inputs, output) -> None:
