@@ -226,13 +226,43 @@ def bench(r: int, nf4: bool, fp32_adapters: bool, tokens: int) -> list[dict]:
     return rows
 
 
+def profile(block: str, r: int, nf4: bool, tokens: int) -> None:
+    """Print torch.profiler's kernel table for each implementation of one block."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    m = build(r, nf4, fp32_adapters=False)
+    peft, ours, k = BLOCKS[block]
+    impls = {"peft": peft, "ours": ours, **{"axolotl": axolotl_blocks().get(block)}}
+    X = torch.randn(1, tokens, k, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    with torch.no_grad():
+        dYs = [torch.randn_like(o) for o in _outs(peft(m, X))]
+    for name, fn in impls.items():
+        if fn is None:
+            continue
+        step = fwd_bwd(fn, m, X, dYs)
+        step()
+        torch.cuda.synchronize()
+        with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                step()
+            torch.cuda.synchronize()
+        print(f"\n== {name} {block} r={r} {'nf4' if nf4 else 'bf16'} (3 steps)")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=8192)
     ap.add_argument("--ranks", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--fp32-adapters", action="store_true",
                     help="PEFT's default autocast_adapter_dtype=True (fp32 adapters)")  # fmt: skip
+    ap.add_argument("--profile", choices=list(BLOCKS), help="profile one block and exit")
+    ap.add_argument("--nf4", action="store_true", help="with --profile: an NF4 base")
     args = ap.parse_args()
+    if args.profile:
+        profile(args.profile, args.ranks[0], args.nf4, args.tokens)
+        return
     try:
         import bitsandbytes  # noqa: F401
 
