@@ -1,0 +1,73 @@
+"""Shared pieces of the distributed tests: a process group, batches, counting fused calls."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections import Counter
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+
+from lk_autograd import LoRA_MLP, LoRA_O, LoRA_QKV
+
+SGD_LR = 0.5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_process_group(backend: str) -> None:
+    """A world-size-1 process group for in-process ZeRO-3 / FSDP2 tests (kept for the session)."""
+    if dist.is_initialized():
+        return
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+        RANK="0",
+        LOCAL_RANK="0",
+        WORLD_SIZE="1",
+    )
+    dist.init_process_group(backend, rank=0, world_size=1)
+
+
+def token_batches(steps: int, batch: int, seed: int, device: str, length: int = 24) -> list:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        torch.randint(0, 128, (batch, length), generator=generator).to(device) for _ in range(steps)
+    ]
+
+
+@contextmanager
+def count_fused_calls():
+    """Count calls of the three fused Functions (proof that the fused path, not PEFT's, ran)."""
+    counts: Counter = Counter()
+    originals = {cls: cls.apply for cls in (LoRA_MLP, LoRA_QKV, LoRA_O)}
+
+    def counting(cls):
+        def apply(*args):
+            counts[cls.__name__] += 1
+            return originals[cls](*args)
+
+        return apply
+
+    for cls in originals:
+        cls.apply = counting(cls)
+    try:
+        yield counts
+    finally:
+        for cls, original in originals.items():
+            cls.apply = original
+
+
+def lora_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable (LoRA) parameters by name, detached copies on the CPU."""
+    return {
+        name.replace("_fsdp_wrapped_module.", ""): p.detach().float().cpu().clone()
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
