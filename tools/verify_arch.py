@@ -17,11 +17,10 @@ both runs start from the same seed and lk-autograd draws each projection's mask 
 does (``dropout`` applied to a tensor of the same shape and dtype, in PEFT's order); float64
 is the default on the CPU so the comparison is tight enough to see a single wrong mask.
 
-Below float64 a float64 model draws other dropout masks than the model under test (CUDA's
-dropout kernel maps random numbers to elements by dtype), so the dropout variant is compared
-with PEFT run in the same dtype, and its bound allows twice the rounding error that PEFT
-itself showed on the plain variant of the same architecture: a wrong mask gives errors of
-order one. The default on CUDA is float32, tight enough to check the real kernels on every
+Below float64, a float64 model would draw other dropout masks than the model under test
+(CUDA's dropout kernel maps random numbers to elements by dtype), so the float64 reference
+replays the masks that PEFT's own run drew, recorded by forward hooks on its dropout modules.
+The default on CUDA is float32, tight enough to check the real kernels on every
 architecture; ``--dtype bfloat16`` checks what users train in.
 The patched run must also have fused every group (no silent fallback), and unpatching must
 give PEFT's result bit for bit. Exits 1 on any mismatch.
@@ -201,29 +200,59 @@ class Result:
         return not self.problem and max(self.logits, self.grads) <= self.bound
 
 
-def verify_variant(
-    arch: str, variant: str, device: str, dtype: torch.dtype, plain_rounding: float = 0.0
-) -> Result:
-    """One variant of ``arch``; ``plain_rounding`` is PEFT's own error on the plain variant."""
+def _lora_dropouts(model) -> dict[str, torch.nn.Dropout]:
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if ".lora_dropout." in name and isinstance(module, torch.nn.Dropout)
+    }
+
+
+def record_dropout_masks(model, runner) -> tuple[dict, dict[str, list[torch.Tensor]]]:
+    """``runner()``'s result, and each LoRA dropout's masks (``output / input``), call order."""
+    masks: dict[str, list[torch.Tensor]] = {}
+
+    def hook(name: str):
+        def record(module, args, output) -> None:
+            kept = output != 0  # dropout zeroes exactly the dropped elements
+            masks.setdefault(name, []).append(kept.double() / (1 - module.p))
+
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in _lora_dropouts(model).items()]
+    try:
+        return runner(), masks
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def replay_dropout_masks(model, masks: dict[str, list[torch.Tensor]]) -> None:
+    """Make each LoRA dropout of ``model`` apply the recorded masks, in the same order."""
+    for name, module in _lora_dropouts(model).items():
+        recorded = iter(masks.get(name, []))
+        module.forward = lambda x, recorded=recorded: x * next(recorded).to(x)
+
+
+def verify_variant(arch: str, variant: str, device: str, dtype: torch.dtype) -> Result:
     dropout, bias = (0.1, True) if variant == "bias+dropout" else (0.0, False)
     model, config = build_model(arch, dtype, device, dropout, bias)
     text = getattr(config, "text_config", None) or config
     generator = torch.Generator().manual_seed(1)
     input_ids = torch.randint(0, text.vocab_size, (2, 8), generator=generator).to(device)
     weight = torch.randn(2, 8, text.vocab_size, generator=generator).to(device)
-    peft = run(model, input_ids, weight, seed=2)
-    same_dtype_reference = dropout > 0 and dtype != torch.float64
-    if same_dtype_reference:
-        ref = peft
-    else:
-        ref = run(copy.deepcopy(model).to(torch.float64), input_ids, weight, seed=2)
+    peft, masks = record_dropout_masks(model, lambda: run(model, input_ids, weight, seed=2))
+    reference_model = copy.deepcopy(model).to(torch.float64)
+    if dtype != torch.float64:
+        replay_dropout_masks(reference_model, masks)
+    ref = run(reference_model, input_ids, weight, seed=2)
     report = lk_patch.patch_model(model)
     patched = run(model, input_ids, weight, seed=2)
     lk_patch.unpatch_model(model)
     restored = run(model, input_ids, weight, seed=2)
 
     logits, grads, where = max_error(patched, ref)
-    peft_error = plain_rounding if same_dtype_reference else max(max_error(peft, ref)[:2])
+    peft_error = max(max_error(peft, ref)[:2])
     bound = BOUNDS[dtype] if dtype == torch.float64 else max(BOUNDS[dtype], 2 * peft_error)
     problem = ""
     skipped = [e for e in report.skipped if e.module != "(decoder layer)"]
@@ -243,9 +272,8 @@ def verify(arch: str, device: str, dtype: torch.dtype) -> list[Result]:
     """Both variants of one architecture; an exception becomes a failed Result."""
     results: list[Result] = []
     for variant in ("lora", "bias+dropout"):
-        plain_rounding = results[0].peft if results else float("nan")
         try:
-            results.append(verify_variant(arch, variant, device, dtype, plain_rounding))
+            results.append(verify_variant(arch, variant, device, dtype))
         except Exception as error:  # reported in the table; the exit code says it failed
             results.append(
                 Result(
@@ -275,8 +303,7 @@ def print_table(results: list[Result], device: str, dtype: torch.dtype) -> None:
     from rich.table import Table
 
     table = Table(
-        title=f"lk_patch vs PEFT, float64 reference (dropout below float64: PEFT in the same "
-        f"dtype) ({device}, {str(dtype)[6:]}, "
+        title=f"lk_patch vs PEFT, float64 reference ({device}, {str(dtype)[6:]}, "
         f"transformers {transformers.__version__})"
     )
     for column in (
