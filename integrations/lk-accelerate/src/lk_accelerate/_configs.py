@@ -1,4 +1,4 @@
-"""The shipped ``accelerate launch`` config files: ddp, zero2, zero3, fsdp2 and cpu_ddp."""
+"""The shipped ``accelerate launch`` config files: ddp, zero2, zero3 and fsdp2."""
 
 from __future__ import annotations
 
