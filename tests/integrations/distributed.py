@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from lk_autograd import LoRA_MLP, LoRA_O, LoRA_QKV
 
@@ -44,13 +45,20 @@ def token_batches(steps: int, batch: int, seed: int, device: str, length: int = 
 
 @contextmanager
 def count_fused_calls():
-    """Count calls of the three fused Functions (proof that the fused path, not PEFT's, ran)."""
+    """Count calls of the three fused Functions (proof that the fused path, not PEFT's, ran).
+
+    Calls that received a sharded parameter (a DTensor, or a ZeRO-3 partition with no
+    elements) are counted under ``"sharded"`` as well.
+    """
     counts: Counter = Counter()
     originals = {cls: cls.apply for cls in (LoRA_MLP, LoRA_QKV, LoRA_O)}
 
     def counting(cls):
         def apply(*args):
             counts[cls.__name__] += 1
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            if any(isinstance(t, DTensor) or t.numel() == 0 for t in tensors):
+                counts["sharded"] += 1
             return originals[cls](*args)
 
         return apply
@@ -65,9 +73,9 @@ def count_fused_calls():
 
 
 def lora_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The trainable (LoRA) parameters by name, detached copies on the CPU."""
+    """The trainable (LoRA) parameters by name, detached full copies on the CPU."""
     return {
-        name.replace("_fsdp_wrapped_module.", ""): p.detach().float().cpu().clone()
+        name: (p.full_tensor() if isinstance(p, DTensor) else p).detach().float().cpu().clone()
         for name, p in model.named_parameters()
         if p.requires_grad
     }
