@@ -59,14 +59,15 @@ def enable_lora_kernels(
         )
     if liger:
         apply_liger(model, **(liger_kwargs or {}))
-    if state is None:
+    first = state is None
+    if first:
         # Liger renames the MLP class in the modeling module, so lk_patch's registry cannot
         # see those MLPs; they are bound here instead (see _liger).
         report = patch_model(model, mlp=mlp and not has_liger_mlp(model), qkv=qkv, o=o)
         state = _State(flags, report)
         _holder(model).__dict__[_STATE] = state
     if mlp:
-        state.liger_bindings += bind_liger_mlps(model, state.report)
+        state.liger_bindings += bind_liger_mlps(model, state.report if first else None)
     logger.info("%s", state.report)
     return state.report
 

@@ -77,17 +77,19 @@ def _fused_forward(activation: str) -> Callable:
     return forward
 
 
-def bind_liger_mlps(model: nn.Module, report: PatchReport) -> list[_LigerBinding]:
+def bind_liger_mlps(model: nn.Module, report: PatchReport | None) -> list[_LigerBinding]:
     """Route every Liger gated MLP through ``apply_lora_mlp``, adding one report entry each.
 
-    ``apply_lora_mlp`` checks ``can_fuse`` at each call and runs the projections' own forwards
-    for a layer it cannot reproduce, so a binding is never wrong; the report says whether the
-    projections can take the fused path now.
+    ``report`` is None when taking back MLPs that Liger rebound after they were patched: the
+    report already has their entries. ``apply_lora_mlp`` checks ``can_fuse`` at each call and
+    runs the projections' own forwards for a layer it cannot reproduce, so a binding is never
+    wrong; the report says whether the projections can take the fused path now.
     """
     from lk_autograd import can_fuse
 
     kernels = _liger_mlp_kernels()
     bindings = []
+    entries = report.entries if report is not None else []
     for module in model.modules():
         activation = kernels.get(_forward_function(module))
         if activation is None:
@@ -95,13 +97,11 @@ def bind_liger_mlps(model: nn.Module, report: PatchReport) -> list[_LigerBinding
         name = type(module).__name__
         projections = [getattr(module, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
         if any(p is None for p in projections):
-            report.entries.append(
-                ReportEntry(name, "mlp", None, "Liger MLP without gate/up/down_proj")
-            )
+            entries.append(ReportEntry(name, "mlp", None, "Liger MLP without gate/up/down_proj"))
             continue
         reasons = [r for r in map(can_fuse, projections) if r is not None]
         kernel = None if reasons else f"LoRA_MLP ({activation}) over Liger's MLP"
-        report.entries.append(ReportEntry(name, "mlp", kernel, "; ".join(reasons)))
+        entries.append(ReportEntry(name, "mlp", kernel, "; ".join(reasons)))
         if reasons:
             continue
         bindings.append(_LigerBinding(module, module.__dict__.get("forward", _MISSING)))
