@@ -10,18 +10,16 @@ the same RNG state.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ._linear import Adapter, Layout, Proj, pack
-from ._params import LoraParams, can_fuse, lora_params
+from ._linear import Layout, to
+from ._params import LoraParams, fused_params
 
-
-def fusable(modules: Sequence[nn.Module]) -> bool:
-    """Whether every projection passes ``can_fuse`` (else the caller runs PEFT's forwards)."""
-    return all(can_fuse(m) is None for m in modules)
+_NO_CONTEXT = contextlib.nullcontext()
 
 
 def autocast_dtype(X: Tensor) -> torch.dtype | None:
@@ -29,17 +27,21 @@ def autocast_dtype(X: Tensor) -> torch.dtype | None:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
 
 
-@contextlib.contextmanager
-def no_autocast(device_type: str) -> Iterator[None]:
-    """The Functions see tensors already cast (as autocast would) and run without autocast."""
-    with torch.autocast(device_type, enabled=False):
-        yield
+def no_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """The Functions see tensors already cast (as autocast would) and run without autocast.
+
+    Entering ``torch.autocast(enabled=False)`` costs a few microseconds per call, so it is only
+    entered when autocast is on.
+    """
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return _NO_CONTEXT
 
 
-def _mask(a: Adapter, dropout: nn.Module, shape: torch.Size, X: Tensor) -> Tensor | None:
+def _mask(dropout: nn.Module, shape: torch.Size, dtype: torch.dtype, X: Tensor) -> Tensor | None:
     if not (isinstance(dropout, nn.Dropout) and dropout.training and dropout.p > 0):
         return None
-    return dropout(torch.ones(shape, dtype=a.A.dtype, device=X.device))
+    return dropout(torch.ones(shape, dtype=dtype, device=X.device)).reshape(-1, shape[-1])
 
 
 def apply_args(
@@ -47,36 +49,37 @@ def apply_args(
     X: Tensor,
     in_shapes: Sequence[torch.Size],
     cast: torch.dtype | None,
-) -> tuple[tuple[Layout, ...], list]:
-    """Pack projections into ``(layouts, flat)``, drawing dropout masks in PEFT's order.
+) -> tuple[tuple[Layout, ...], list[Any]]:
+    """Flatten projections into ``(layouts, flat)`` as ``_linear.pack`` would, with masks drawn
+    in PEFT's order.
 
     ``in_shapes[i]`` is the shape of projection ``i``'s input (``X``'s, or ``h``'s for down);
     masks are flattened to 2-D like the inputs. ``cast`` is the autocast dtype, if any.
     """
-
-    def c(t: Tensor | None) -> Tensor | None:
-        return t if t is None or cast is None else t.to(cast)
-
-    layouts, projs = [], []
+    layouts, flat = [], []
     for prm, shape in zip(params, in_shapes, strict=True):
-        adapters = []
+        W = prm.W if prm.quant_state is not None else to(prm.W, cast)
+        flat += (W, to(prm.bias, cast))
         for ad in prm.adapters:
-            a = Adapter(c(ad.A), c(ad.B), c(ad.b), ad.m, None)
-            M = _mask(a, ad.dropout, shape, X)
-            adapters.append(a._replace(M=None if M is None else M.reshape(-1, shape[-1])))
-        W = prm.W if prm.quant_state is not None else c(prm.W)
-        projs.append(Proj(W, c(prm.bias), tuple(adapters)))
+            A = to(ad.A, cast)
+            M = _mask(ad.dropout, shape, A.dtype, X)
+            flat += (A, to(ad.B, cast), to(ad.b, cast), ad.m, M)
         layouts.append(Layout(tuple(ad.s for ad in prm.adapters), prm.quant_state))
-    return tuple(layouts), pack(projs)
+    return tuple(layouts), flat
 
 
-def read(modules: Sequence[nn.Module], X: Tensor) -> list[LoraParams] | None:
-    """``lora_params`` of each module, or None when a call-time check sends us to PEFT's path."""
-    params = [lora_params(m) for m in modules]
-    dtype = autocast_dtype(X) or X.dtype
+def read(
+    modules: Sequence[nn.Module], X: Tensor, cast: torch.dtype | None
+) -> list[LoraParams] | None:
+    """``lora_params`` of each module, or None when ``can_fuse`` or a call-time check sends us
+    to PEFT's path. ``cast`` is the autocast dtype, if any."""
+    params = fused_params(modules)
+    if params is None:
+        return None
+    dtype = cast or X.dtype
     for m, prm in zip(modules, params, strict=True):
         if prm.quant_state is None:
-            if prm.W.dtype != dtype and autocast_dtype(X) is None:
+            if prm.W.dtype != dtype and cast is None:
                 return None  # PEFT's own forward raises or converts; let it
         else:
             base = m.get_base_layer() if hasattr(m, "get_base_layer") else m

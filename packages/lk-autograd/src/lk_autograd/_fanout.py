@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from . import _linear as L
-from ._args import apply_args, autocast_dtype, fusable, no_autocast, read
+from ._args import apply_args, autocast_dtype, no_autocast, read
 
 
 def forward(ctx: Any, X: Tensor, layouts: tuple, flat: tuple) -> list[Tensor]:
@@ -33,11 +33,11 @@ def backward(ctx: Any, *dYs: Tensor) -> tuple[Any, ...]:
 
 def apply(function: Any, modules: list[nn.Module], X: Tensor) -> list[Tensor] | None:
     """Run ``function`` (``LoRA_QKV`` or ``LoRA_O``) on ``X``, or None to take PEFT's path."""
-    params = read(modules, X) if fusable(modules) else None
+    cast = autocast_dtype(X)
+    params = read(modules, X, cast)
     if params is None:
         return None
-    cast = autocast_dtype(X)
-    X = X if cast is None else X.to(cast)
+    X = L.to(X, cast)
     layouts, flat = apply_args(params, X, [X.shape] * len(params), cast)
     with no_autocast(X.device.type):
         outs = function.apply(X.reshape(-1, X.shape[-1]), layouts, *flat)

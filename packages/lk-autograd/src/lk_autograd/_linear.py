@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ._dora import magnitude_scale
+from ._quant import dequantize
 
 
 class Adapter(NamedTuple):
@@ -95,13 +96,20 @@ def flat_size(layouts: Sequence[Layout]) -> int:
     return sum(2 + 5 * len(layout.s) for layout in layouts)
 
 
+def to(t: Any, dtype: torch.dtype | None) -> Any:
+    """``t.to(dtype)``, skipping the call (a dispatch) when ``t`` or ``dtype`` is None or the
+    dtype already matches."""
+    return t if t is None or dtype is None or t.dtype == dtype else t.to(dtype)
+
+
 def base_weight(W: Tensor, quant_state: object | None, dtype: torch.dtype) -> Tensor:
     """``W`` itself, or a dequantized copy of a bnb 4-bit weight that the caller frees after use."""
-    if quant_state is None:
-        return W
-    import bitsandbytes.functional as bnbF
+    return W if quant_state is None else to(dequantize(W, quant_state), dtype)
 
-    return bnbF.dequantize_4bit(W, quant_state).to(dtype)
+
+def _scaled(t: Tensor, s: float) -> Tensor:
+    """``t *= s`` in place, skipped when ``s == 1`` (exact: multiplying by one changes nothing)."""
+    return t if s == 1 else t.mul_(s)
 
 
 def _linear(X: Tensor, W: Tensor, bias: Tensor | None) -> Tensor:
@@ -116,7 +124,7 @@ def _lora_dtypes(p: Proj, X: Tensor) -> tuple[torch.dtype, torch.dtype]:
 
 def _dropped(X: Tensor, a: Adapter) -> Tensor:
     """``X_a``: ``X`` cast to the adapter dtype (PEFT's ``_cast_input_dtype``) times the mask."""
-    Xl = X.to(a.A.dtype)
+    Xl = to(X, a.A.dtype)
     return Xl if a.M is None else Xl * a.M
 
 
@@ -139,7 +147,10 @@ def _lora_inputs(X: Tensor, projs: Sequence[Proj]) -> list[list[Tensor]]:
                 XA[i][j] = _dropped(X, a) @ a.A.t()
     for dtype, idx in _shared_groups(projs).items():
         As = [projs[i].adapters[j].A for i, j in idx]
-        XAs = (X.to(dtype) @ torch.cat(As).t()).split([A.shape[0] for A in As], dim=1)
+        if len(As) == 1:
+            XAs = [to(X, dtype) @ As[0].t()]
+        else:
+            XAs = (to(X, dtype) @ torch.cat(As).t()).split([A.shape[0] for A in As], dim=1)
         for (i, j), XA_ij in zip(idx, XAs, strict=True):
             XA[i][j] = XA_ij
     return XA
@@ -157,21 +168,21 @@ def _project(
     if a.m is not None:  # DoRA: the only adapter of this projection
         c, n = magnitude_scale(W, a.A, a.B, a.m, s, ldt)
         if a.M is None:
-            Z = (X @ W.t()).to(acc).addmm_(XAs[0].to(acc), a.B.t().to(acc), alpha=s)
-            Y = Z * c if p.bias is None else torch.addcmul(p.bias.to(acc), Z, c)
+            Z = to(X @ W.t(), acc).addmm_(to(XAs[0], acc), to(a.B.t(), acc), alpha=s)
+            Y = Z * c if p.bias is None else torch.addcmul(to(p.bias, acc), Z, c)
         else:
-            P = _dropped(X, a) @ W.to(ldt).t()
-            Z = torch.addmm(P.to(acc), XAs[0].to(acc), a.B.t().to(acc), alpha=s)
-            Y = torch.addcmul(_linear(X, W, p.bias).to(acc) - P, Z, c)
-        return Y.to(X.dtype), [Saved(XAs[0], Z, c, n)]
+            P = _dropped(X, a) @ to(W, ldt).t()
+            Z = torch.addmm(to(P, acc), to(XAs[0], acc), to(a.B.t(), acc), alpha=s)
+            Y = torch.addcmul(to(_linear(X, W, p.bias), acc) - P, Z, c)
+        return to(Y, X.dtype), [Saved(XAs[0], Z, c, n)]
     Y = _linear(X, W, p.bias)
     del W
-    out = Y if acc == Y.dtype else Y.to(acc)
+    out = to(Y, acc)
     for a, s, XA in zip(p.adapters, layout.s, XAs, strict=True):
-        out.addmm_(XA.to(acc), a.B.t().to(acc), alpha=s)
+        out.addmm_(to(XA, acc), to(a.B.t(), acc), alpha=s)
         if a.b is not None:
-            out.add_(a.b.to(acc), alpha=s)
-    return out.to(X.dtype), [Saved(XA, None, None, None) for XA in XAs]
+            out.add_(to(a.b, acc), alpha=s)
+    return to(out, X.dtype), [Saved(XA, None, None, None) for XA in XAs]
 
 
 def forward(
@@ -224,28 +235,28 @@ def backward_input(
         adapter_grads = []
         if p.adapters:
             ldt, acc = _lora_dtypes(p, dY)
-            dO = dY.to(acc)
+            dO = to(dY, acc)
         for j, (a, s, need_a) in enumerate(zip(p.adapters, layout.s, need.adapters, strict=True)):
             XA, Z, c, n = next(saved_it)
             dm = None
             if a.m is not None:
                 if need_a.m:
-                    dm = ((dO * Z).sum(0) / n).to(a.m.dtype)
-                dL = (dO * c).to(acc)
+                    dm = to((dO * Z).sum(0) / n, a.m.dtype)
+                dL = to(dO * c, acc)
                 if a.M is None:
-                    base_dY = dL.to(X_dtype)
+                    base_dY = to(dL, X_dtype)
                 elif want_dX:  # the base term on the dropped input: M * ((c - 1) dO W)
                     W = base_weight(p.W, layout.quant_state, X_dtype)
-                    extra = (dO * (c - 1)).to(ldt) @ W.to(ldt)
+                    extra = to(dO * (c - 1), ldt) @ to(W, ldt)
                     del W
             else:
                 dL = dO
-            dB = (dL.t() @ XA.to(acc)).mul_(s).to(a.B.dtype) if need_a.B else None
-            db = (dO.sum(0) * s).to(a.b.dtype) if need_a.b else None
+            dB = to(_scaled(dL.t() @ to(XA, acc), s), a.B.dtype) if need_a.B else None
+            db = to(dO.sum(0) * s, a.b.dtype) if need_a.b else None
             adapter_grads.append(Adapter(None, dB, db, dm, None))
             if not (need_a.A or want_dX):
                 continue
-            dXA = (dL @ a.B.to(acc)).mul_(s).to(ldt)
+            dXA = to(_scaled(dL @ to(a.B, acc), s), ldt)
             if need_a.A:
                 pending.append(Pending(i, j, dXA))
             if want_dX and a.M is None:
@@ -254,7 +265,7 @@ def backward_input(
                 term = dXA @ a.A
                 if a.m is not None:
                     term += extra
-                term = (term * a.M).to(X_dtype)
+                term = to(term * a.M, X_dtype)
                 dX = term if dX is None else dX.add_(term)
         if want_dX:
             W = base_weight(p.W, layout.quant_state, X_dtype)
@@ -262,9 +273,12 @@ def backward_input(
             del W
         grads.append(Proj(None, dbias, tuple(adapter_grads)))
     for terms in lora_dX.values():
-        dXA = torch.cat([t for t, _ in terms], dim=1).to(X_dtype)
-        A = torch.cat([A for _, A in terms]).to(X_dtype)
-        dX = dX.addmm_(dXA, A)
+        if len(terms) == 1:
+            ((dXA, A),) = terms
+        else:
+            dXA = torch.cat([t for t, _ in terms], dim=1)
+            A = torch.cat([A for _, A in terms])
+        dX = dX.addmm_(to(dXA, X_dtype), to(A, X_dtype))
     return dX, grads, pending
 
 
@@ -281,8 +295,11 @@ def grad_A(
         else:
             dA[item.proj, item.adapter] = item.dXA.t() @ _dropped(X, a)
     for dtype, items in groups.items():
-        dXA = torch.cat([item.dXA for item in items], dim=1)
-        rows = (dXA.t() @ X.to(dtype)).split([item.dXA.shape[1] for item in items])
+        if len(items) == 1:
+            rows = [items[0].dXA.t() @ to(X, dtype)]
+        else:
+            dXA = torch.cat([item.dXA for item in items], dim=1)
+            rows = (dXA.t() @ to(X, dtype)).split([item.dXA.shape[1] for item in items])
         for item, dA_ij in zip(items, rows, strict=True):
             dA[item.proj, item.adapter] = dA_ij
     out = []

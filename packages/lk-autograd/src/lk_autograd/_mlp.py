@@ -11,7 +11,7 @@ from torch import Tensor, nn
 import lk_triton  # noqa: F401  (registers the torch.ops.lk_triton custom ops)
 
 from . import _linear as L
-from ._args import apply_args, autocast_dtype, fusable, no_autocast, read
+from ._args import apply_args, autocast_dtype, no_autocast, read
 
 # LoRA_MLP's activation names -> lk_triton's. The kernels run behind lk_triton's custom ops,
 # which keep torch.compile(fullgraph=True) tracing on every path (CUDA, CPU, interpreter).
@@ -104,11 +104,11 @@ def apply_lora_mlp(
             f"activation must be one of {tuple(_KERNEL_ACTIVATION)}, got {activation!r}"
         )
     modules = [getattr(mlp, gate), getattr(mlp, up), getattr(mlp, down)]
-    params = read(modules, X) if fusable(modules) else None
+    cast = autocast_dtype(X)
+    params = read(modules, X, cast)
     if params is None:
         return _fallback(mlp, X, activation, gate, up, down)
-    cast = autocast_dtype(X)
-    X = X if cast is None else X.to(cast)
+    X = L.to(X, cast)
     h_shape = (*X.shape[:-1], params[2].in_features)
     layouts, flat = apply_args(params, X, [X.shape, X.shape, h_shape], cast)
     with no_autocast(X.device.type):

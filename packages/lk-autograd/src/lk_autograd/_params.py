@@ -6,6 +6,8 @@ the ``apply_*`` entry points check it at each call and fall back to the modules'
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -45,6 +47,7 @@ class LoraParams:
         return self.quant_state.shape[1] if self.quant_state is not None else self.W.shape[1]
 
 
+@functools.cache
 def _lora_layer_type() -> type | None:
     try:
         from peft.tuners.lora import LoraLayer
@@ -58,10 +61,14 @@ def _is_lora_layer(proj: nn.Module) -> bool:
     return lora_layer is not None and isinstance(proj, lora_layer)
 
 
-def _is_bnb(module: nn.Module, name: str) -> bool:
-    return type(module).__module__.startswith("bitsandbytes") and any(
-        cls.__name__ == name for cls in type(module).__mro__
-    )
+@functools.cache
+def _bnb_kind(cls: type) -> str | None:
+    """``"Linear4bit"`` or ``"Linear8bitLt"`` for bitsandbytes layer classes (cached: per call
+    the checks run on every projection), else None."""
+    if not cls.__module__.startswith("bitsandbytes"):
+        return None
+    names = {c.__name__ for c in cls.__mro__}
+    return next((n for n in ("Linear8bitLt", "Linear4bit") if n in names), None)
 
 
 def _base_layer(proj: nn.Module) -> nn.Module:
@@ -72,28 +79,35 @@ def _active_adapters(proj: nn.Module) -> list[str]:
     """The adapters PEFT's forward applies; none when disabled or merged (base path only)."""
     if not _is_lora_layer(proj) or proj.disable_adapters or proj.merged:
         return []
-    return [name for name in proj.active_adapters if name in proj.lora_A]
+    lora_A = proj.lora_A
+    return [name for name in proj.active_adapters if name in lora_A]
 
 
 def lora_params(proj: nn.Module) -> LoraParams:
     """Read a PEFT LoRA linear (``lora.Linear`` or bnb ``Linear4bit``) or a plain ``nn.Linear``."""
-    base = _base_layer(proj)
-    quant_state = getattr(base.weight, "quant_state", None) if _is_bnb(base, "Linear4bit") else None
-    adapters = []
-    for name in _active_adapters(proj):
-        dora = proj.lora_magnitude_vector[name].weight if name in proj.lora_variant else None
-        adapters.append(
+    return _read(proj, _base_layer(proj), _active_adapters(proj))
+
+
+def _read(proj: nn.Module, base: nn.Module, active: list[str]) -> LoraParams:
+    W = base.weight
+    quant_state = getattr(W, "quant_state", None) if _bnb_kind(type(base)) == "Linear4bit" else None
+    adapters = ()
+    if active:
+        A, B, dropout, scaling = proj.lora_A, proj.lora_B, proj.lora_dropout, proj.scaling
+        variant, magnitude = proj.lora_variant, proj.lora_magnitude_vector
+        adapters = tuple(
             LoraAdapter(
                 name=name,
-                A=proj.lora_A[name].weight,
-                B=proj.lora_B[name].weight,
-                b=proj.lora_B[name].bias,
-                s=float(proj.scaling[name]),
-                dropout=proj.lora_dropout[name],
-                m=dora,
+                A=A[name].weight,
+                B=B[name].weight,
+                b=B[name].bias,
+                s=float(scaling[name]),
+                dropout=dropout[name],
+                m=magnitude[name].weight if name in variant else None,
             )
+            for name in active
         )
-    return LoraParams(base.weight, base.bias, quant_state, tuple(adapters))
+    return LoraParams(W, base.bias, quant_state, adapters)
 
 
 def _hooked(module: nn.Module) -> bool:
@@ -109,9 +123,10 @@ def _global_hooks() -> bool:
 
 
 def _base_reason(base: nn.Module) -> str | None:
-    if _is_bnb(base, "Linear8bitLt"):
+    kind = _bnb_kind(type(base))
+    if kind == "Linear8bitLt":
         return "8-bit bitsandbytes base layer (Linear8bitLt) is not supported"
-    if _is_bnb(base, "Linear4bit"):
+    if kind == "Linear4bit":
         if base.weight.__class__.__name__ != "Params4bit" or base.weight.quant_state is None:
             return "bitsandbytes Linear4bit without a 4-bit quant_state"
         if getattr(base.weight.quant_state, "packing_format_for_cpu", False):
@@ -135,7 +150,7 @@ def _adapter_reason(proj: nn.Module, name: str) -> str | None:
         return f"adapter {name!r} has dropout of unknown type {type(dropout).__name__}"
     if any(_hooked(m) for m in (A, B, dropout)):
         return f"adapter {name!r} has forward hooks on lora_A, lora_B or lora_dropout"
-    tensors = [A.weight, B.weight] + ([B.bias] if B.bias is not None else [])
+    tensors = [A.weight, B.weight] if B.bias is None else [A.weight, B.weight, B.bias]
     if variant is not None:
         magnitude = proj.lora_magnitude_vector[name]
         if _hooked(magnitude):
@@ -145,7 +160,8 @@ def _adapter_reason(proj: nn.Module, name: str) -> str | None:
         if isinstance(dropout, nn.Dropout) and dropout.training != proj.training:
             return f"adapter {name!r}: DoRA dropout and layer disagree on training mode"
         tensors.append(magnitude.weight)
-    if len({t.dtype for t in tensors}) > 1 or len({t.device for t in tensors}) > 1:
+    dtype, device = tensors[0].dtype, tensors[0].device
+    if any(t.dtype != dtype or t.device != device for t in tensors[1:]):
         return f"adapter {name!r} has lora_A/lora_B/magnitude of mixed dtypes or devices"
     return None
 
@@ -159,14 +175,38 @@ def can_fuse(proj: nn.Module) -> str | None:
     """
     if _global_hooks():
         return "global nn.Module forward hooks are registered"
-    if not _is_lora_layer(proj):
-        if type(proj) is nn.Linear:
-            return "forward hooks on the layer" if _hooked(proj) else None
-        return _base_reason(proj) or f"unknown layer type {type(proj).__qualname__}"
-    if type(proj).__module__.split(".")[-1] not in ("layer", "bnb") or type(proj).__name__ not in (
+    result = _inspect(proj)
+    return result if isinstance(result, str) else None
+
+
+def fused_params(modules: Sequence[nn.Module]) -> list[LoraParams] | None:
+    """``lora_params`` of every module when all pass ``can_fuse``, else None; one pass each."""
+    if _global_hooks():
+        return None
+    params = []
+    for proj in modules:
+        result = _inspect(proj)
+        if isinstance(result, str):
+            return None
+        params.append(result)
+    return params
+
+
+@functools.cache
+def _known_lora_type(cls: type) -> bool:
+    return cls.__module__.split(".")[-1] in ("layer", "bnb") and cls.__name__ in (
         "Linear",
         "Linear4bit",
-    ):
+    )
+
+
+def _inspect(proj: nn.Module) -> LoraParams | str:
+    """``lora_params(proj)``, or why ``can_fuse`` rejects it (global hooks aside)."""
+    if not _is_lora_layer(proj):
+        if type(proj) is nn.Linear:
+            return "forward hooks on the layer" if _hooked(proj) else _read(proj, proj, [])
+        return _base_reason(proj) or f"unknown layer type {type(proj).__qualname__}"
+    if not _known_lora_type(type(proj)):
         return f"unknown PEFT LoRA layer type {type(proj).__module__}.{type(proj).__qualname__}"
     base = proj.get_base_layer()
     reason = _base_reason(base)
@@ -191,4 +231,4 @@ def can_fuse(proj: nn.Module) -> str | None:
             return reason
     if len({proj.lora_A[name].weight.dtype for name in active}) > 1:
         return "active adapters of different dtypes"
-    return None
+    return _read(proj, base, active)
