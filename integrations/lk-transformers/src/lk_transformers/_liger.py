@@ -21,8 +21,6 @@ from torch import Tensor, nn
 
 from lk_patch import PatchReport, ReportEntry
 
-_MISSING = object()
-
 
 def _liger_mlp_kernels() -> dict[Callable, str]:
     """Liger MLP forward function -> the lk-autograd activation computing the same function."""
@@ -63,8 +61,10 @@ def has_liger_mlp(model: nn.Module) -> bool:
 
 @dataclass
 class _LigerBinding:
+    # None: the module had no instance forward (None, not a sentinel object, so that a
+    # deepcopy of the model still recognises it)
     module: nn.Module
-    previous: object
+    previous: Callable | None
 
 
 def _fused_forward(activation: str) -> Callable:
@@ -104,7 +104,7 @@ def bind_liger_mlps(model: nn.Module, report: PatchReport | None) -> list[_Liger
         entries.append(ReportEntry(name, "mlp", kernel, "; ".join(reasons)))
         if reasons:
             continue
-        bindings.append(_LigerBinding(module, module.__dict__.get("forward", _MISSING)))
+        bindings.append(_LigerBinding(module, module.__dict__.get("forward")))
         module.__dict__["forward"] = MethodType(_fused_forward(activation), module)
     return bindings
 
@@ -112,7 +112,7 @@ def bind_liger_mlps(model: nn.Module, report: PatchReport | None) -> list[_Liger
 def unbind_liger_mlps(bindings: list[_LigerBinding]) -> None:
     """Give each Liger MLP back the forward it had before ``bind_liger_mlps``."""
     for binding in reversed(bindings):
-        if binding.previous is _MISSING:
+        if binding.previous is None:
             binding.module.__dict__.pop("forward", None)
         else:
             binding.module.__dict__["forward"] = binding.previous
