@@ -58,10 +58,12 @@ def train(
     seed: int = 0,
     liger: bool = False,
     model: PeftModel | None = None,
+    callbacks: list | None = None,
     **training_args: object,
 ) -> tuple[Trainer, list[float]]:
     """Train for ``steps`` steps; returns the trainer and the loss logged at each step.
 
+    ``callbacks`` replace the default (``LoraKernelsCallback`` when ``kernels``);
     ``training_args`` override the TrainingArguments below (for example ``optim="sgd"``).
     """
     model = model if model is not None else tiny_lora_model(seed)
@@ -78,7 +80,8 @@ def train(
         "disable_tqdm": True,
     }
     args = TrainingArguments(**(settings | training_args))
-    callbacks = [LoraKernelsCallback(liger=liger)] if kernels else []
+    if callbacks is None:
+        callbacks = [LoraKernelsCallback(liger=liger)] if kernels else []
     trainer = Trainer(
         model=model, args=args, train_dataset=counting_dataset(seed=seed + 1), callbacks=callbacks
     )
