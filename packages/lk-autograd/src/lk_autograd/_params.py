@@ -6,7 +6,7 @@ the ``apply_*`` entry points check it at each call and fall back to the modules'
 
 from __future__ import annotations
 
-import functools
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -47,13 +47,11 @@ class LoraParams:
         return self.quant_state.shape[1] if self.quant_state is not None else self.W.shape[1]
 
 
-@functools.cache
 def _lora_layer_type() -> type | None:
-    try:
-        from peft.tuners.lora import LoraLayer
-    except ImportError:  # peft is optional: plain nn.Linear still works
-        return None
-    return LoraLayer
+    """PEFT's ``LoraLayer``, or None while peft is not imported (then no layer is one: peft is
+    optional, and looking it up in ``sys.modules`` is cheaper than an import statement)."""
+    layer = sys.modules.get("peft.tuners.lora.layer")
+    return None if layer is None else layer.LoraLayer
 
 
 def _is_lora_layer(proj: nn.Module) -> bool:
@@ -61,10 +59,8 @@ def _is_lora_layer(proj: nn.Module) -> bool:
     return lora_layer is not None and isinstance(proj, lora_layer)
 
 
-@functools.cache
 def _bnb_kind(cls: type) -> str | None:
-    """``"Linear4bit"`` or ``"Linear8bitLt"`` for bitsandbytes layer classes (cached: per call
-    the checks run on every projection), else None."""
+    """``"Linear8bitLt"`` or ``"Linear4bit"`` for bitsandbytes layer classes, else None."""
     if not cls.__module__.startswith("bitsandbytes"):
         return None
     names = {c.__name__ for c in cls.__mro__}
@@ -192,7 +188,6 @@ def fused_params(modules: Sequence[nn.Module]) -> list[LoraParams] | None:
     return params
 
 
-@functools.cache
 def _known_lora_type(cls: type) -> bool:
     return cls.__module__.split(".")[-1] in ("layer", "bnb") and cls.__name__ in (
         "Linear",
