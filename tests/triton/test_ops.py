@@ -36,11 +36,22 @@ def test_opcheck(device):
     for activation in ("silu", "gelu", "gelu_tanh"):
         torch.library.opcheck(torch.ops.lk_triton.gated_activation, (gate, up, activation))
         dh = torch.randn_like(gate)
-        for backward in (
-            torch.ops.lk_triton.gated_activation_backward,
-            torch.ops.lk_triton.gated_recompute_backward,
-        ):
-            torch.library.opcheck(backward, (dh, gate.detach(), up.detach(), activation))
+        args = (dh, gate.detach(), up.detach(), activation)
+        torch.library.opcheck(torch.ops.lk_triton.gated_activation_backward, args)
+        torch.library.opcheck(torch.ops.lk_triton.gated_recompute_backward_, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_recompute_backward_writes_h_into_dh(device):
+    """``gated_recompute_backward_`` leaves ``h`` in ``dh`` and its gate/up inputs untouched."""
+    gate, up = (torch.randn(5, 37, dtype=torch.bfloat16, device=device) for _ in range(2))
+    dh = torch.randn_like(gate)
+    gate0, up0 = gate.clone(), up.clone()
+    ref_dgate, ref_dup = torch.ops.lk_triton.gated_activation_backward(dh, gate, up, "silu")
+    dgate, dup = torch.ops.lk_triton.gated_recompute_backward_(dh, gate, up, "silu")
+    assert torch.equal(dh, torch.ops.lk_triton.gated_activation(gate, up, "silu"))
+    assert torch.equal(dgate, ref_dgate) and torch.equal(dup, ref_dup)
+    assert torch.equal(gate, gate0) and torch.equal(up, up0)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -62,10 +62,12 @@ class LoRA_MLP(torch.autograd.Function):
             dh, (g_down,), pending = L.backward_input(
                 [down], layouts[2:], saved_down, [dY], [need_down], True, X.dtype
             )
-            h, de, dg = torch.ops.lk_triton.gated_recompute_backward(
-                dh.contiguous(), e, g, _KERNEL_ACTIVATION[ctx.activation]
-            )
+            # dh is ours (not saved): the op writes h into its buffer, one [N, I] fewer alive
+            h = dh.contiguous()
             del dh
+            de, dg = torch.ops.lk_triton.gated_recompute_backward_(
+                h, e, g, _KERNEL_ACTIVATION[ctx.activation]
+            )
             (g_down,) = L.grad_A(h, [down], pending, [g_down])
             del h
             dX, grads, pending = L.backward_input(

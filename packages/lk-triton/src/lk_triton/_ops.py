@@ -7,8 +7,11 @@ Custom ops with fake (meta) implementations are opaque to ``torch.compile``: it 
 
 - ``torch.ops.lk_triton.gated_activation(gate, up, activation) -> h``
 - ``torch.ops.lk_triton.gated_activation_backward(dh, gate, up, activation) -> (dgate, dup)``
-- ``torch.ops.lk_triton.gated_recompute_backward(dh, gate, up, activation) -> (h, dgate, dup)``:
-  the raw backward, which also recomputes ``h``; out of place, so saved inputs stay intact.
+- ``torch.ops.lk_triton.gated_recompute_backward_(dh, gate, up, activation) -> (dgate, dup)``:
+  the raw backward, which also recomputes ``h`` into ``dh``'s buffer (``dh`` is mutated: it
+  holds ``h`` afterwards). ``gate`` and ``up`` are not written, so tensors saved for a second
+  backward stay intact; reusing ``dh`` keeps one ``[N, I]`` buffer fewer alive (LoRA_MLP's
+  backward peak).
 """
 
 from typing import Literal
@@ -16,6 +19,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from . import _gated
 from ._gated import gated_backward, gated_forward
 from ._validate import check_activation, check_same, gelu_kind
 
@@ -48,17 +52,32 @@ def _(dh: Tensor, gate: Tensor, up: Tensor, activation: str) -> tuple[Tensor, Te
     return torch.empty_like(gate, memory_format=fmt), torch.empty_like(up, memory_format=fmt)
 
 
-@torch.library.custom_op("lk_triton::gated_recompute_backward", mutates_args=())
-def _gated_recompute_backward(
+@torch.library.custom_op("lk_triton::gated_recompute_backward_", mutates_args=("dh",))
+def _gated_recompute_backward_(
     dh: Tensor, gate: Tensor, up: Tensor, activation: str
-) -> tuple[Tensor, Tensor, Tensor]:
-    return gated_backward(dh, gate, up, check_activation(activation), inplace=False)
-
-
-@_gated_recompute_backward.register_fake
-def _(dh: Tensor, gate: Tensor, up: Tensor, activation: str) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
+    kind = check_activation(activation)
+    if not (_gated.uses_triton(gate) and dh.is_contiguous()):
+        h, dgate, dup = gated_backward(dh, gate, up, kind, inplace=False)
+        dh.copy_(h)
+        return dgate, dup
     check_same(dh=dh, gate=gate, up=up)
-    return tuple(torch.empty_like(gate, memory_format=torch.contiguous_format) for _ in range(3))
+    gate, up = gate.contiguous(), up.contiguous()
+    dgate, dup = torch.empty_like(gate), torch.empty_like(up)
+    n = gate.numel()
+    if n:  # the kernel reads each element before writing it, so h may overwrite dh
+        _gated._kernels.gated_backward_kernel[_gated._grid(n)](
+            dh, gate, up, dh, dgate, dup, n, ACTIVATION=_gated._KERNEL_ID[kind], STORE_H=True,
+            **_gated._launch_args(n, gate.dtype),
+        )  # fmt: skip
+    return dgate, dup
+
+
+@_gated_recompute_backward_.register_fake
+def _(dh: Tensor, gate: Tensor, up: Tensor, activation: str) -> tuple[Tensor, Tensor]:
+    check_same(dh=dh, gate=gate, up=up)
+    fmt = torch.contiguous_format
+    return torch.empty_like(gate, memory_format=fmt), torch.empty_like(up, memory_format=fmt)
 
 
 def _setup_context(ctx, inputs, output) -> None:
