@@ -1,5 +1,7 @@
 """patch_model / unpatch_model: atomicity, idempotence, exact restore, errors, the report."""
 
+import copy
+
 import pytest
 import torch
 import transformers
@@ -55,6 +57,16 @@ def test_patch_unpatch_restores_exactly_and_is_idempotent():
     assert _instance_forwards(model) == before
     assert torch.equal(_logits(model), reference)
     lk_patch.unpatch_model(model)  # unpatching twice is a no-op
+
+
+def test_unpatch_a_deep_copy_of_a_patched_model():
+    model = _llama(target_modules=ALL)
+    reference = _logits(model)
+    lk_patch.patch_model(model)
+    copied = copy.deepcopy(model)
+    lk_patch.unpatch_model(copied)
+    assert not any(f is not None for f in _instance_forwards(copied).values())
+    assert torch.equal(_logits(copied), reference)
 
 
 def test_patch_through_the_inner_model_is_the_same_patch():

@@ -15,8 +15,6 @@ from types import MethodType
 
 from torch import Tensor, nn
 
-_MISSING = object()
-
 
 def _forward_attribute(module: nn.Module) -> str:
     if hasattr(module, "_hf_hook") and "_old_forward" in module.__dict__:
@@ -31,20 +29,24 @@ class Binding:
     module: nn.Module
     function: Callable
     attribute: str = field(init=False)
-    previous: object = field(init=False, default=_MISSING)
+    # The instance attribute the binding shadowed, if any (usually none: the class's forward).
+    # A flag rather than a sentinel object, so that a deep copy of a patched model restores too.
+    had_previous: bool = field(init=False, default=False)
+    previous: object = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.attribute = _forward_attribute(self.module)
 
     def apply(self) -> None:
-        self.previous = self.module.__dict__.get(self.attribute, _MISSING)
+        self.had_previous = self.attribute in self.module.__dict__
+        self.previous = self.module.__dict__.get(self.attribute)
         self.module.__dict__[self.attribute] = MethodType(self.function, self.module)
 
     def restore(self) -> None:
-        if self.previous is _MISSING:
-            self.module.__dict__.pop(self.attribute, None)
-        else:
+        if self.had_previous:
             self.module.__dict__[self.attribute] = self.previous
+        else:
+            self.module.__dict__.pop(self.attribute, None)
 
 
 def gated_mlp_forward(activation: str, gate: str, up: str, down: str) -> Callable:
