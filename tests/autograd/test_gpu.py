@@ -64,14 +64,21 @@ def test_cuda_4bit(quant_type, double_quant):
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-def test_cuda_torch_compile_fullgraph(backend):
-    torch._dynamo.reset()
-
-    @torch.compile(fullgraph=True, backend=backend)
-    def compiled(m, X):
-        return apply_lora_mlp(m, X, "geglu_tanh")
-
+def test_cuda_torch_compile(backend):
+    """Under torch.compile on CUDA, LoRA_MLP runs eagerly behind a graph break (see
+    ``_mlp._eager_lora_mlp``): the gradients must be PEFT's, and fullgraph=True must raise
+    rather than trace the backward that gave zero gradients."""
     model = make_model(torch.float32, bias=True, adapters=2).cuda()
     peft = functools.partial(peft_mlp, activation="geglu_tanh")
+
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda m, X: apply_lora_mlp(m, X, "geglu_tanh"), backend=backend)
     errs = compare("mlp", model, _X(torch.float32, 2, 33), ours_fn=compiled, peft_fn=peft)
     assert max(errs.values()) < 1e-5, errs
+
+    torch._dynamo.reset()
+    fullgraph = torch.compile(
+        lambda m, X: apply_lora_mlp(m, X, "geglu_tanh"), backend=backend, fullgraph=True
+    )
+    with pytest.raises(Exception, match=r"(?i)graph break|disable|skip"):
+        fullgraph(model, _X(torch.float32, 2, 33))

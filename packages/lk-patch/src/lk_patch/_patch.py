@@ -152,17 +152,18 @@ def _plan_mlp(module, report) -> Binding | None:
 
 
 def _plan(model: nn.Module, spec: ArchSpec, mlp: bool, qkv: bool, o: bool):
-    attention_classes, mlp_classes = spec.classes()
+    attention_classes, mlp_classes = spec.class_keys()
     report = PatchReport(model.config.model_type, transformers.__version__)
     bindings = []
     attention_count = mlp_count = 0
     for module in model.modules():
         binding = None
-        if type(module) in attention_classes:
+        key = (type(module).__module__, type(module).__qualname__)
+        if key in attention_classes:
             attention_count += 1
             if qkv or o:
                 binding = _plan_attention(module, spec, qkv, o, report)
-        elif type(module) in mlp_classes:
+        elif key in mlp_classes:
             mlp_count += 1
             if mlp:
                 binding = _plan_mlp(module, report)
@@ -179,6 +180,10 @@ def _plan(model: nn.Module, spec: ArchSpec, mlp: bool, qkv: bool, o: bool):
         report.entries.extend(
             [ReportEntry("(decoder layer)", "mlp", None, spec.mlp_note)] * attention_count
         )
+    elif mlp and spec.mlp and mlp_count == 0:
+        names = ", ".join(spec.mlp)
+        note = f"no {names} module found (replaced by another class, e.g. Liger's MLP)"
+        report.entries.append(ReportEntry("(decoder layer)", "mlp", None, note))
     return report, bindings
 
 

@@ -48,13 +48,15 @@ class ArchSpec:
         config_module = CONFIG_MAPPING[self.model_type].__module__
         return importlib.import_module(config_module.replace(".configuration_", ".modeling_"))
 
-    def classes(self) -> tuple[tuple[type, ...], tuple[type, ...]]:
-        """The attention and MLP classes, imported."""
-        module = self.modeling_module()
-        return (
-            tuple(getattr(module, name) for name in self.attention),
-            tuple(getattr(module, name) for name in self.mlp),
-        )
+    def class_keys(self) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+        """``(module, qualname)`` of the attention and of the MLP classes.
+
+        Matching on these rather than on the module's current attributes keeps working after
+        another library rebinds the names (Liger sets ``modeling_llama.LlamaMLP`` to its own
+        class): modules built before that are still of the original class.
+        """
+        module = self.modeling_module().__name__
+        return {(module, n) for n in self.attention}, {(module, n) for n in self.mlp}
 
 
 def _gated(model_type: str, prefix: str, **fields) -> ArchSpec:
