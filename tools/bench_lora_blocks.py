@@ -24,6 +24,7 @@ from importlib.metadata import version
 import torch
 import torch.nn.functional as F
 import triton
+from _blocks import Block, to_nf4
 from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
 
@@ -36,40 +37,14 @@ ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 MiB = 2**20
 
 
-class Block(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(D, INTER, bias=False)
-        self.up_proj = nn.Linear(D, INTER, bias=False)
-        self.down_proj = nn.Linear(INTER, D, bias=False)
-        self.q_proj = nn.Linear(D, HEADS * HD, bias=False)
-        self.k_proj = nn.Linear(D, KV * HD, bias=False)
-        self.v_proj = nn.Linear(D, KV * HD, bias=False)
-        self.o_proj = nn.Linear(HEADS * HD, D, bias=False)
-
-
-def _to_nf4(block: nn.Module) -> None:
-    import bitsandbytes as bnb
-
-    for name in MLP + ATTN:
-        lin = getattr(block, name)
-        q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=False,
-                              compute_dtype=torch.bfloat16, quant_type="nf4",
-                              compress_statistics=True)  # fmt: skip
-        q.weight = bnb.nn.Params4bit(lin.weight.data, requires_grad=False, quant_type="nf4",
-                                     compress_statistics=True).cuda()  # fmt: skip
-        setattr(block, name, q)
-    block.is_loaded_in_4bit = True
-
-
 def build(r: int, nf4: bool, fp32_adapters: bool) -> nn.Module:
     torch.manual_seed(0)
     with torch.device("cuda"):
-        block = Block().to(torch.bfloat16)
+        block = Block(D, INTER, HEADS, KV, HD).to(torch.bfloat16)
     for p in block.parameters():
         nn.init.normal_(p, std=0.02)
     if nf4:
-        _to_nf4(block)
+        to_nf4(block, torch.bfloat16, "cuda")
     cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(MLP + ATTN),
                      init_lora_weights=False)  # fmt: skip
     model = get_peft_model(block, cfg, autocast_adapter_dtype=fp32_adapters).base_model.model

@@ -20,48 +20,24 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _blocks import PROJECTIONS, Block, to_nf4
 from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
 
 from lk_autograd import apply_lora_mlp, apply_lora_o, apply_lora_qkv
 
 D, INTER, HEADS, KV, HD, TOKENS, RANK = 64, 128, 4, 2, 16, 8, 4
-PROJS = ("gate_proj", "up_proj", "down_proj", "q_proj", "k_proj", "v_proj", "o_proj")
-
-
-class Block(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(D, INTER, bias=False)
-        self.up_proj = nn.Linear(D, INTER, bias=False)
-        self.down_proj = nn.Linear(INTER, D, bias=False)
-        self.q_proj = nn.Linear(D, HEADS * HD, bias=False)
-        self.k_proj = nn.Linear(D, KV * HD, bias=False)
-        self.v_proj = nn.Linear(D, KV * HD, bias=False)
-        self.o_proj = nn.Linear(HEADS * HD, D, bias=False)
-
-
-def _to_nf4(block: nn.Module, dtype: torch.dtype, device: str) -> None:
-    import bitsandbytes as bnb
-
-    for name in PROJS:
-        lin = getattr(block, name)
-        q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=False, compute_dtype=dtype,
-                              quant_type="nf4", compress_statistics=True)  # fmt: skip
-        q.weight = bnb.nn.Params4bit(lin.weight.data.to(dtype), requires_grad=False,
-                                     quant_type="nf4", compress_statistics=True)  # fmt: skip
-        q.weight = q.weight._quantize(device) if device == "cpu" else q.weight.to(device)
-        setattr(block, name, q)
-    block.is_loaded_in_4bit = True
 
 
 def make_model(dtype: torch.dtype, device: str, nf4: bool) -> nn.Module:
     torch.manual_seed(0)
-    block = Block().to(dtype)
+    block = Block(D, INTER, HEADS, KV, HD).to(dtype)
     if nf4:
-        _to_nf4(block, dtype, device)
+        to_nf4(block, dtype, device)
     block = block.to(device)
-    cfg = LoraConfig(r=RANK, lora_alpha=8, target_modules=list(PROJS), init_lora_weights=False)
+    cfg = LoraConfig(
+        r=RANK, lora_alpha=8, target_modules=list(PROJECTIONS), init_lora_weights=False
+    )
     return get_peft_model(block, cfg).base_model.model.to(dtype)
 
 
