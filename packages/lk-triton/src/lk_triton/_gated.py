@@ -95,10 +95,38 @@ def _triton_backward(
         dh, gate, up = dh.contiguous(), gate.contiguous(), up.contiguous()
         h = torch.empty_like(gate) if store_h else gate  # unused when store_h is False
         dgate, dup = torch.empty_like(gate), torch.empty_like(up)
+    _launch_backward(dh, gate, up, h, dgate, dup, kind, store_h)
+    return h, dgate, dup
+
+
+def gated_backward_into_dh(
+    dh: Tensor, gate: Tensor, up: Tensor, kind: Activation
+) -> tuple[Tensor, Tensor]:
+    """Return ``(dgate, dup)`` as new tensors and write ``h`` into ``dh``.
+
+    ``gate`` and ``up`` are only read, so tensors saved for a second backward stay intact,
+    while reusing ``dh`` (which the caller owns) keeps one full-size buffer fewer alive.
+    """
+    check_same(dh=dh, gate=gate, up=up)
+    if not (uses_triton(gate) and dh.is_contiguous()):
+        h, dgate, dup = gated_backward(dh, gate, up, kind, inplace=False)
+        dh.copy_(h)
+        return dgate, dup
+    gate, up = gate.contiguous(), up.contiguous()
+    dgate, dup = torch.empty_like(gate), torch.empty_like(up)
+    _launch_backward(dh, gate, up, dh, dgate, dup, kind, store_h=True)
+    return dgate, dup
+
+
+def _launch_backward(
+    dh: Tensor, gate: Tensor, up: Tensor, h: Tensor, dgate: Tensor, dup: Tensor,
+    kind: Activation, store_h: bool,
+) -> None:  # fmt: skip
+    """The backward kernel over contiguous buffers; outputs may alias the inputs, since each
+    element is read before the same program writes it."""
     n = gate.numel()
     if n:
         _kernels.gated_backward_kernel[_grid(n)](
             dh, gate, up, h, dgate, dup, n,
             ACTIVATION=_KERNEL_ID[kind], STORE_H=store_h, **_launch_args(n, gate.dtype),
         )  # fmt: skip
-    return h, dgate, dup

@@ -19,8 +19,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from . import _gated
-from ._gated import gated_backward, gated_forward
+from ._gated import gated_backward, gated_backward_into_dh, gated_forward
 from ._validate import check_activation, check_same, gelu_kind
 
 
@@ -56,21 +55,7 @@ def _(dh: Tensor, gate: Tensor, up: Tensor, activation: str) -> tuple[Tensor, Te
 def _gated_recompute_backward_(
     dh: Tensor, gate: Tensor, up: Tensor, activation: str
 ) -> tuple[Tensor, Tensor]:
-    kind = check_activation(activation)
-    if not (_gated.uses_triton(gate) and dh.is_contiguous()):
-        h, dgate, dup = gated_backward(dh, gate, up, kind, inplace=False)
-        dh.copy_(h)
-        return dgate, dup
-    check_same(dh=dh, gate=gate, up=up)
-    gate, up = gate.contiguous(), up.contiguous()
-    dgate, dup = torch.empty_like(gate), torch.empty_like(up)
-    n = gate.numel()
-    if n:  # the kernel reads each element before writing it, so h may overwrite dh
-        _gated._kernels.gated_backward_kernel[_gated._grid(n)](
-            dh, gate, up, dh, dgate, dup, n, ACTIVATION=_gated._KERNEL_ID[kind], STORE_H=True,
-            **_gated._launch_args(n, gate.dtype),
-        )  # fmt: skip
-    return dgate, dup
+    return gated_backward_into_dh(dh, gate, up, check_activation(activation))
 
 
 @_gated_recompute_backward_.register_fake
