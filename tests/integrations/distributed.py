@@ -12,6 +12,7 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
 from lk_autograd import LoRA_MLP, LoRA_O, LoRA_QKV
+from tests.helpers import rel_err
 
 SGD_LR = 0.5
 
@@ -79,3 +80,18 @@ def lora_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         for name, p in model.named_parameters()
         if p.requires_grad
     }
+
+
+def assert_same_training(patched: dict, reference: dict) -> None:
+    """Per-step losses and final LoRA weights of two runs agree (1e-5), and the adapters moved.
+
+    Each run is a dict with ``losses``, ``state`` (final LoRA weights) and ``start`` (initial).
+    """
+    pairs = zip(patched["losses"], reference["losses"], strict=True)
+    for step, (loss, expected) in enumerate(pairs):
+        assert abs(loss - expected) / expected < 1e-5, f"step {step}: {loss} vs {expected}"
+    assert patched["state"].keys() == reference["state"].keys()
+    worst = max(rel_err(patched["state"][k], reference["state"][k]) for k in reference["state"])
+    assert worst < 1e-5
+    # the adapters moved: the comparison covers real updates
+    assert any(not torch.equal(v, patched["start"][k]) for k, v in patched["state"].items())
