@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from lk_autograd import apply_lora_mlp
+from lk_autograd import _args
 
 from .models import BLOCKS, compare, make_model, peft_mlp
 
@@ -60,21 +60,36 @@ def test_autocast_matches_peft_under_autocast(block, variant):
     assert max(errs.values()) < 2e-2, errs
 
 
-@pytest.mark.parametrize("activation", ["swiglu", "geglu_tanh"])
-def test_torch_compile_fullgraph(activation):
-    torch._dynamo.reset()
-
-    @torch.compile(fullgraph=True, backend="aot_eager")
-    def compiled(m, X):
-        return apply_lora_mlp(m, X, activation)
-
-    model = make_model(torch.float32, bias=True, adapters=2)
-    X = torch.randn(2, 5, 16, requires_grad=True)
-    errs = compare(
+COMPILED_BLOCKS = {
+    "mlp swiglu": ("mlp", BLOCKS["mlp"][0], None),
+    "mlp geglu_tanh": (
         "mlp",
-        model,
-        X,
-        ours_fn=compiled,
-        peft_fn=functools.partial(peft_mlp, activation=activation),
-    )
+        functools.partial(BLOCKS["mlp"][0], activation="geglu_tanh"),
+        functools.partial(peft_mlp, activation="geglu_tanh"),
+    ),
+    "qkv": ("qkv", BLOCKS["qkv"][0], None),
+    "o": ("o", BLOCKS["o"][0], None),
+}
+
+
+@pytest.mark.parametrize("case", list(COMPILED_BLOCKS))
+def test_torch_compile(case):
+    """fullgraph=True traces each Function with PEFT's gradients; on torch < 2.12, whose dynamo
+    traced their backward to zero gradients, they run eagerly behind a graph break instead
+    (``_args.run_function``), so there fullgraph=True must raise and a plain compile be right."""
+    block, ours, peft = COMPILED_BLOCKS[case]
+    model = make_model(torch.float32, bias=True, adapters=2)
+    k = BLOCKS[block][2]
+    fullgraph = not _args._TRACED_BACKWARD_BROKEN
+
+    torch._dynamo.reset()
+    compiled = torch.compile(ours, fullgraph=fullgraph, backend="aot_eager")
+    X = torch.randn(2, 5, k, requires_grad=True)
+    errs = compare(block, model, X, ours_fn=compiled, peft_fn=peft)
     assert max(errs.values()) < 1e-5, errs
+
+    if not fullgraph:
+        torch._dynamo.reset()
+        strict = torch.compile(ours, fullgraph=True, backend="aot_eager")
+        with pytest.raises(Exception, match=r"(?i)graph break|disable|skip"):
+            strict(model, torch.randn(2, 5, k, requires_grad=True))

@@ -104,3 +104,21 @@ def read(
             if base.compute_dtype not in (None, dtype):
                 return None  # bnb would compute in its compute_dtype, then cast back
     return params
+
+
+# torch 2.11's dynamo traces these Functions' backward wrongly: the compiled backward returns
+# zero gradients (seen on the CPU and on CUDA; forward right; fixed by 2.12). There the
+# Functions run eagerly behind a graph break: correct, and loud under fullgraph=True.
+_TRACED_BACKWARD_BROKEN = torch.__version__ < "2.12"
+
+
+def run_function(function: Any, *args: Any) -> Any:
+    """``function.apply(*args)``, kept out of torch.compile graphs on torch < 2.12."""
+    if _TRACED_BACKWARD_BROKEN and torch.compiler.is_compiling():
+        return _eager_apply(function, *args)
+    return function.apply(*args)
+
+
+@torch.compiler.disable
+def _eager_apply(function: Any, *args: Any) -> Any:
+    return function.apply(*args)

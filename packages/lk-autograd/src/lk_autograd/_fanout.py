@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from . import _linear as L
-from ._args import apply_args, autocast_dtype, no_autocast, read
+from ._args import apply_args, autocast_dtype, no_autocast, read, run_function
 
 
 def forward(ctx: Any, X: Tensor, layouts: tuple, flat: tuple) -> list[Tensor]:
@@ -40,6 +40,6 @@ def apply(function: Any, modules: list[nn.Module], X: Tensor) -> list[Tensor] | 
     X = L.to(X, cast)
     layouts, flat = apply_args(params, X, [X.shape] * len(params), cast)
     with no_autocast(X.device.type):
-        outs = function.apply(X.reshape(-1, X.shape[-1]), layouts, *flat)
+        outs = run_function(function, X.reshape(-1, X.shape[-1]), layouts, *flat)
     outs = outs if isinstance(outs, tuple) else (outs,)
     return [Y.view(*X.shape[:-1], Y.shape[-1]) for Y in outs]

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 import lk_triton  # noqa: F401  (registers the torch.ops.lk_triton custom ops)
 
 from . import _linear as L
-from ._args import apply_args, autocast_dtype, no_autocast, read
+from ._args import apply_args, autocast_dtype, no_autocast, read, run_function
 
 # LoRA_MLP's activation names -> lk_triton's. The kernels run behind lk_triton's custom ops,
 # which keep torch.compile(fullgraph=True) tracing on every path (CUDA, CPU, interpreter).
@@ -113,15 +113,6 @@ def apply_lora_mlp(
     X = L.to(X, cast)
     h_shape = (*X.shape[:-1], params[2].in_features)
     layouts, flat = apply_args(params, X, [X.shape, X.shape, h_shape], cast)
-    function = _eager_lora_mlp if X.is_cuda and torch.compiler.is_compiling() else LoRA_MLP.apply
     with no_autocast(X.device.type):
-        Y = function(X.reshape(-1, X.shape[-1]), activation, layouts, *flat)
+        Y = run_function(LoRA_MLP, X.reshape(-1, X.shape[-1]), activation, layouts, *flat)
     return Y.view(*X.shape[:-1], Y.shape[-1])
-
-
-# Known defect (torch 2.11, H200): when dynamo traces LoRA_MLP's backward on CUDA tensors the
-# compiled backward returns zero gradients (forward and the CPU path are right; with a graph
-# break in the backward the gradients are right again). Until the cause is found, CUDA runs of
-# the Function under torch.compile stay eager behind a graph break: correct and loud, since
-# fullgraph=True then raises instead of computing zeros.
-_eager_lora_mlp = torch.compiler.disable(LoRA_MLP.apply)
