@@ -26,7 +26,10 @@ STEPS = 6
 # gradients of some coordinates into full-size update differences, so Adam runs drift apart
 # by ~1e-4 within a few steps for any two implementations; SGD keeps them at rounding level.
 SGD = {"optim": "sgd", "learning_rate": 0.5}
-LOSS_TOL = 1e-5
+# float64: over several steps float32 rounding differences grow to ~1e-5 relative in the grad
+# norm (seen once in CI at step 4), at the float32 bound; in float64 the runs agree to 1e-12.
+DTYPE = torch.float64
+TOL = 1e-9
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +39,10 @@ def runs(tmp_path_factory):
     result = {}
     for kernels in (False, True):
         out = tmp_path_factory.mktemp("patched" if kernels else "peft")
-        trainer, losses = train(str(out), kernels=kernels, steps=STEPS, seed=seed, **SGD)
+        model = tiny_lora_model(seed, DTYPE)
+        trainer, losses = train(
+            str(out), kernels=kernels, steps=STEPS, seed=seed, model=model, **SGD
+        )
         trainer.model.save_pretrained(out)
         grad_norms = [e["grad_norm"] for e in trainer.state.log_history if "grad_norm" in e]
         result[kernels] = {"trainer": trainer, "losses": losses, "norms": grad_norms, "dir": out}
@@ -47,9 +53,9 @@ def test_losses_match_unpatched_step_by_step(runs):
     reference, patched = runs[False], runs[True]
     assert len(patched["losses"]) == len(reference["losses"]) == STEPS
     for step, (loss, ref) in enumerate(zip(patched["losses"], reference["losses"], strict=True)):
-        assert abs(loss - ref) / abs(ref) < LOSS_TOL, f"step {step}: {loss} vs {ref}"
+        assert abs(loss - ref) / abs(ref) < TOL, f"step {step}: {loss} vs {ref}"
     for step, (norm, ref) in enumerate(zip(patched["norms"], reference["norms"], strict=True)):
-        assert abs(norm - ref) / abs(ref) < 1e-5, f"grad norm at step {step}: {norm} vs {ref}"
+        assert abs(norm - ref) / abs(ref) < TOL, f"grad norm at step {step}: {norm} vs {ref}"
     # the run changed the adapters, so the comparison covers real updates
     assert reference["losses"][-1] != reference["losses"][0]
 
@@ -72,7 +78,7 @@ def test_saved_adapter_has_same_keys_shapes_and_values(runs):
     for key, tensor in reference.items():
         assert patched[key].shape == tensor.shape, key
         assert patched[key].dtype == tensor.dtype, key
-        assert rel_err(patched[key], tensor) < 1e-5, key
+        assert rel_err(patched[key], tensor) < TOL, key
     assert (runs[True]["dir"] / "adapter_config.json").read_text() == (
         runs[False]["dir"] / "adapter_config.json"
     ).read_text()
@@ -135,7 +141,7 @@ def test_sft_trainer_with_callback_matches_unpatched(tmp_path):
             **SGD,
         )
         trainer = trl.SFTTrainer(
-            model=tiny_lora_model(seed),
+            model=tiny_lora_model(seed, DTYPE),
             args=config,
             train_dataset=Dataset.from_list(rows),
             processing_class=_word_tokenizer(),
@@ -146,7 +152,7 @@ def test_sft_trainer_with_callback_matches_unpatched(tmp_path):
         losses[kernels] = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert len(losses[True]) == 4
     for loss, ref in zip(losses[True], losses[False], strict=True):
-        assert abs(loss - ref) / abs(ref) < LOSS_TOL
+        assert abs(loss - ref) / abs(ref) < TOL
 
 
 def _word_tokenizer():
