@@ -95,3 +95,10 @@ def assert_same_training(patched: dict, reference: dict) -> None:
     assert worst < 1e-5
     # the adapters moved: the comparison covers real updates
     assert any(not torch.equal(v, patched["start"][k]) for k, v in patched["state"].items())
+
+
+def assert_fused_every_call(run: dict, steps: int) -> None:
+    """Every group was patched and every forward of the 2-layer model took the fused path."""
+    assert {e.group for e in run["report"].patched} == {"q/k/v", "o_proj", "mlp"}
+    # 2 decoder layers, one call per block per forward; no fallback to PEFT's path
+    assert run["calls"] == {"LoRA_QKV": 2 * steps, "LoRA_O": 2 * steps, "LoRA_MLP": 2 * steps}
