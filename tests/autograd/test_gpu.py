@@ -8,10 +8,11 @@ import functools
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
 
 from lk_autograd import _args, apply_lora_mlp
 
-from .models import compare, make_4bit_model, make_model, peft_mlp
+from .models import MLP, Block, compare, make_4bit_model, make_model, peft_mlp
 
 pytestmark = [
     pytest.mark.gpu,
@@ -86,3 +87,25 @@ def test_cuda_torch_compile(backend):
         )
         with pytest.raises(Exception, match=r"(?i)graph break|disable|skip"):
             strict(model, _X(torch.float32, 2, 33))
+
+
+@pytest.mark.parametrize("retain", [False, True], ids=["freed_graph", "retain_graph"])
+def test_cuda_mlp_backward_memory(retain):
+    """Memory the MLP backward allocates beyond what the forward left, in [N, I] buffers: h
+    reuses dh's buffer always; de and dg reuse e and g's only when the graph dies with the
+    backward (about 1 buffer), not under retain_graph (about 3: h, de, dg)."""
+    n, d, inter = 4096, 256, 4096
+    model = Block(d, inter, heads=2, kv=1, hd=128)
+    cfg = LoraConfig(r=8, target_modules=list(MLP), init_lora_weights=False)
+    model = get_peft_model(model, cfg).base_model.model.to("cuda", torch.bfloat16)
+    X = torch.randn(n, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    params = [X] + [p for p in model.parameters() if p.requires_grad]
+    Y = apply_lora_mlp(model, X, "swiglu")
+    dY = torch.randn_like(Y)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    grads = torch.autograd.grad(Y, params, dY, retain_graph=retain)
+    buffers = (torch.cuda.max_memory_allocated() - before) / (n * inter * 2)
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert (2.5 < buffers < 3.5) if retain else (buffers < 1.5), buffers

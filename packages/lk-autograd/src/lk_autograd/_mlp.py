@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import lk_triton  # noqa: F401  (registers the torch.ops.lk_triton custom ops)
+import lk_triton  # registers the torch.ops.lk_triton custom ops
 
 from . import _linear as L
 from ._args import apply_args, autocast_dtype, no_autocast, read, run_function
@@ -16,6 +16,19 @@ from ._args import apply_args, autocast_dtype, no_autocast, read, run_function
 # LoRA_MLP's activation names -> lk_triton's. The kernels run behind lk_triton's custom ops,
 # which keep torch.compile(fullgraph=True) tracing on every path (CUDA, CPU, interpreter).
 _KERNEL_ACTIVATION = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_tanh"}
+# The raw in-place backwards: ``(dh, gate, up) -> (h, dgate, dup)`` written over the inputs.
+_INPLACE_BACKWARD = {
+    "swiglu": lk_triton.swiglu_backward,
+    "geglu": lambda dh, e, g: lk_triton.geglu_backward(dh, e, g, "none"),
+    "geglu_tanh": lambda dh, e, g: lk_triton.geglu_backward(dh, e, g, "tanh"),
+}
+
+
+def _saved_dead_after_backward() -> bool:
+    """True when no later backward can read this node's saved tensors: an eager backward
+    without ``retain_graph`` / ``create_graph`` (never while torch.compile traces one)."""
+    keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return keep_graph is not None and not torch.compiler.is_compiling() and not keep_graph()
 
 
 class LoRA_MLP(torch.autograd.Function):
@@ -34,7 +47,8 @@ class LoRA_MLP(torch.autograd.Function):
 
     Saved: ``X``, ``e``, ``g`` and the ``[N, r]`` LoRA intermediates (plus, only with DoRA,
     each DoRA projection's pre-scale output ``Z`` and, only with dropout, the masks). ``h`` is
-    recomputed in backward.
+    recomputed in backward, into ``dh``'s buffer; ``de`` and ``dg`` overwrite ``e`` and ``g``
+    unless the graph is retained for another backward.
     """
 
     @staticmethod
@@ -62,12 +76,17 @@ class LoRA_MLP(torch.autograd.Function):
             dh, (g_down,), pending = L.backward_input(
                 [down], layouts[2:], saved_down, [dY], [need_down], True, X.dtype
             )
-            # dh is ours (not saved): the op writes h into its buffer, one [N, I] fewer alive
+            # dh is ours (not saved): h is written into its buffer, one [N, I] fewer alive.
+            # When the graph dies with this backward, de and dg overwrite e and g too (two
+            # fewer); a second backward (retain_graph) must still read them, so then not.
             h = dh.contiguous()
             del dh
-            de, dg = torch.ops.lk_triton.gated_recompute_backward_(
-                h, e, g, _KERNEL_ACTIVATION[ctx.activation]
-            )
+            if _saved_dead_after_backward():
+                _, de, dg = _INPLACE_BACKWARD[ctx.activation](h, e, g)
+            else:
+                de, dg = torch.ops.lk_triton.gated_recompute_backward_(
+                    h, e, g, _KERNEL_ACTIVATION[ctx.activation]
+                )
             (g_down,) = L.grad_A(h, [down], pending, [g_down])
             del h
             dX, grads, pending = L.backward_input(
