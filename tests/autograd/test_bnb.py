@@ -5,7 +5,9 @@ dequantized with ``bitsandbytes.functional.dequantize_4bit``, compared against P
 import pytest
 import torch
 
-from lk_autograd import can_fuse, lora_params
+from lk_autograd import _quant, can_fuse, lora_params
+from lk_triton import uses_triton
+from tests.helpers import DEVICES
 
 from .models import compare, make_4bit_model
 
@@ -36,3 +38,24 @@ def test_4bit_bfloat16_fp32_adapters():
     assert model.up_proj.lora_A.default.weight.dtype == torch.float32
     errs = compare("mlp", model, torch.randn(4, 16, dtype=torch.bfloat16, requires_grad=True))
     assert max(errs.values()) < 2e-2, errs
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("double_quant", [False, True], ids=["single", "double"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("device", DEVICES)
+def test_triton_dequantize_is_bitsandbytes_bit_for_bit(quant_type, double_quant, dtype, device):
+    """Our one-launch dequantize against bnb's own, where it runs: CUDA, or the CPU under
+    TRITON_INTERPRET=1 (on a plain CPU run both paths are bnb's, so there is nothing to test).
+    Shapes leave partial quantization blocks and an odd element count."""
+    W = torch.randn(71, 37, device=device, dtype=dtype)
+    W = W * torch.rand(71, 1, device=device, dtype=dtype)  # rows of different scales
+    packed, qs = bnb.functional.quantize_4bit(
+        W, quant_type=quant_type, compress_statistics=double_quant, blocksize=64
+    )
+    if not uses_triton(packed):
+        pytest.skip("bitsandbytes' own ops run here (no CUDA, no TRITON_INTERPRET)")
+    if device == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("Triton's interpreter rounds float32 to bfloat16 by truncation")
+    expected = bnb.functional.dequantize_4bit(packed, qs)
+    assert torch.equal(_quant.dequantize(packed, qs), expected)

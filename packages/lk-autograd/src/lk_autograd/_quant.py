@@ -5,15 +5,23 @@ registers them as ``torch.ops.bitsandbytes``), so the result is bit-identical: w
 quantization the absmax is itself dequantized (``dequantize_blockwise``) and offset, then
 ``dequantize_4bit`` expands the packed weight. It skips bnb's argument validation (the op
 implementations check their arguments) and its wrapper layers; QKV alone dequantizes six
-times per step.
+times per step. Where lk_triton runs Triton (CUDA, or the interpreter), one Triton launch
+(``_quant_kernel``) replaces those op calls, with the same result bit for bit.
 """
 
 import torch
 from torch import Tensor
 
+from lk_triton import uses_triton
+
+from ._quant_kernel import dequantize_4bit_triton, triton
+
 
 def dequantize(W: Tensor, quant_state) -> Tensor:
     """Packed 4-bit ``W`` dequantized to ``quant_state.dtype`` and ``quant_state.shape``."""
+    if triton is not None and uses_triton(W):
+        out = dequantize_4bit_triton(W, quant_state)
+        return out.t() if W.shape[0] == 1 else out
     ops = torch.ops.bitsandbytes
     absmax = quant_state.absmax
     if quant_state.nested:
