@@ -30,6 +30,29 @@ def axolotl_lora():
     return lora
 
 
+def unsloth_lora():
+    """Unsloth's ``unsloth.kernels.fast_lora`` module, or None.
+
+    Importing Unsloth runs its package ``__init__``, which raises more than ImportError where
+    it cannot run (no supported GPU, an unsupported torch), so any failure counts as absent.
+    """
+    try:
+        from unsloth.kernels import fast_lora
+    except Exception as err:
+        print(f"unsloth kernels not importable: {err!r}")
+        return None
+    return fast_lora
+
+
+def liger_silu_mul():
+    """Liger-Kernel's ``LigerSiLUMulFunction`` (autograd silu(gate) * up), or None."""
+    try:
+        from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+    except ImportError:
+        return None
+    return LigerSiLUMulFunction
+
+
 def liger_swiglu():
     """Liger-Kernel's ``(swiglu_forward, swiglu_backward)`` raw ops, or None."""
     try:

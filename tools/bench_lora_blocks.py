@@ -1,25 +1,26 @@
-"""Benchmark lk-autograd's LoRA_MLP / LoRA_QKV / LoRA_O against plain PEFT and the dense floor.
+"""LoRA MLP / QKV / O blocks: PEFT, lk-autograd and peers against the dense floor.
 
-Llama-3-8B shapes (hidden 4096, intermediate 14336, 32 heads / 8 KV heads of 128), 8192 tokens,
-bf16, r=16 and r=64, and an NF4 base when bitsandbytes imports. Forward+backward time (median of
-``triton.testing.do_bench``), activation memory held between forward and backward (allocated
-delta, output included) and peak, each also as a ratio to the dense-GEMM floor measured in the
-same run on the block's own weights and data (see DESIGN.md "Performance"). Correctness (ours
-vs PEFT, relative error of output and every gradient) is checked before timing.
+Llama-3-8B shapes (hidden 4096, intermediate 14336, 32 heads / 8 KV heads of 128), bf16
+activations, a bf16 or NF4 base. Forward+backward time (median of ``triton.testing.do_bench``),
+activation memory held between forward and backward (allocated delta, output included) and
+peak, each also as a ratio to the dense-GEMM floor measured in the same run on the block's own
+weights and data (see DESIGN.md "Performance"). Correctness (each implementation vs PEFT,
+relative error of output and every gradient) is checked before timing. Peers, when their
+wheels import: PEFT with Liger's SwiGLU (MLP), Axolotl's and Unsloth's LoRA Functions.
 
-    uv run python tools/bench_lora_blocks.py [--tokens 8192] [--ranks 16 64] [--fp32-adapters]
+This is the measuring half of ``tools/bench.py --suite micro``, which runs it, writes the JSON
+and the chart. Run directly, it is that suite, or with ``--profile BLOCK [--nf4]`` the
+torch.profiler kernel table of one block at the first of ``--ranks``:
 
-Writes ``$OUT/bench_lora_blocks.json`` when ``OUT`` is set.
+    uv run tools/bench_lora_blocks.py --profile mlp --ranks 16 [--nf4]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import os
-import platform
 from collections.abc import Callable
-from importlib.metadata import version
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ from _blocks import Block, to_nf4
 from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
 
-from _peers import axolotl_lora
+from _peers import axolotl_lora, liger_silu_mul, unsloth_lora
 from lk_autograd import apply_lora_mlp, apply_lora_o, apply_lora_qkv
 
 D, INTER, HEADS, KV, HD = 4096, 14336, 32, 8, 128
@@ -161,20 +162,72 @@ def floor(m: nn.Module, block: str, X: Tensor, dYs: list[Tensor]) -> Callable[[]
         return run
 
 
-def axolotl_blocks() -> dict[str, Callable]:
-    """Axolotl's entry points per block, when its wheel is installed."""
-    axolotl = axolotl_lora()
-    if axolotl is None:
-        return {}
-    return {"mlp": axolotl.apply_lora_mlp_swiglu, "qkv": axolotl.apply_lora_qkv,
-            "o": axolotl.apply_lora_o}  # fmt: skip
+def liger_swiglu_blocks(silu_mul: type[torch.autograd.Function]) -> dict[str, Callable]:
+    """PEFT's gate/up/down modules around Liger's fused ``silu(gate) * up``: the MLP only."""
+
+    def mlp(m: nn.Module, X: Tensor) -> Tensor:
+        return m.down_proj(silu_mul.apply(m.gate_proj(X), m.up_proj(X)))
+
+    return {"mlp": mlp}
+
+
+def fused_lora_blocks(kernels) -> dict[str, Callable]:
+    """Entry points of Axolotl's or Unsloth's LoRA kernels module (the same signatures).
+
+    ``inplace=False``: Unsloth's backward otherwise writes dX into X's storage, and the
+    benchmark reuses X for every call (Axolotl ignores the flag).
+    """
+    return {"mlp": functools.partial(kernels.apply_lora_mlp_swiglu, inplace=False),
+            "qkv": functools.partial(kernels.apply_lora_qkv, inplace=False),
+            "o": kernels.apply_lora_o}  # fmt: skip
+
+
+PEERS: dict[str, tuple[Callable, Callable]] = {
+    "peft+liger_swiglu": (liger_silu_mul, liger_swiglu_blocks),
+    "axolotl": (axolotl_lora, fused_lora_blocks),
+    "unsloth": (unsloth_lora, fused_lora_blocks),
+}
+
+
+@functools.cache
+def peer_blocks() -> tuple[dict[str, dict[str, Callable]], dict[str, str]]:
+    """Each importable peer's implementation per block, and why each other peer is skipped."""
+    found, skipped = {}, {}
+    for name, (load, blocks) in PEERS.items():
+        peer = load()
+        if peer is None:
+            skipped[name] = "not importable"
+        else:
+            found[name] = blocks(peer)
+    return found, skipped
+
+
+def implementations(block: str) -> dict[str, Callable]:
+    """PEFT, ours and every importable peer that implements ``block``, by name."""
+    peft, ours, _ = BLOCKS[block]
+    impls = {"peft": peft, "ours": ours}
+    for name, blocks in peer_blocks()[0].items():
+        if block in blocks:
+            impls[name] = blocks[block]
+    return impls
+
+
+def measure(fn: Callable, m: nn.Module, X: Tensor, dYs: list[Tensor], floor_ms: float) -> dict:
+    """Time, ratio to the floor, held and peak activation memory of one implementation."""
+    ms = triton.testing.do_bench(fwd_bwd(fn, m, X, dYs))
+    held, peak = held_and_peak(fn, m, X, dYs)
+    return {"ms": ms, "x": ms / floor_ms, "held_mib": held, "peak_mib": peak}
 
 
 def bench(r: int, nf4: bool, fp32_adapters: bool, tokens: int) -> list[dict]:
+    """One row per block: the floor, then ``<impl>_ms/_x/_held_mib/_peak_mib`` per implementation.
+
+    ``max_rel_err`` is ours against PEFT, ``<peer>_max_rel_err`` each peer's; a peer that fails
+    on this configuration gets ``<peer>_error`` instead of figures, and the run goes on.
+    """
     m = build(r, nf4, fp32_adapters)
-    axolotl = axolotl_blocks()
     rows = []
-    for block, (peft, ours, k) in BLOCKS.items():
+    for block, (peft, _, k) in BLOCKS.items():
         torch.manual_seed(1)
         X = torch.randn(1, tokens, k, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         with torch.no_grad():
@@ -182,17 +235,15 @@ def bench(r: int, nf4: bool, fp32_adapters: bool, tokens: int) -> list[dict]:
         row = {"block": block, "r": r, "base": "nf4" if nf4 else "bf16", "tokens": tokens,
                "fp32_adapters": fp32_adapters, **rel_errors(m, X, dYs, block)}  # fmt: skip
         row["floor_ms"] = triton.testing.do_bench(floor(m, block, X, dYs))
-        impls = {"peft": peft, "ours": ours}
-        if block in axolotl:
-            impls["axolotl"] = axolotl[block]
-            row["axolotl_max_rel_err"] = rel_errors(m, X, dYs, block, impls["axolotl"])[
-                "max_rel_err"
-            ]
-        for name, fn in impls.items():
-            ms = triton.testing.do_bench(fwd_bwd(fn, m, X, dYs))
-            held, peak = held_and_peak(fn, m, X, dYs)
-            row.update({f"{name}_ms": ms, f"{name}_x": ms / row["floor_ms"],
-                        f"{name}_held_mib": held, f"{name}_peak_mib": peak})  # fmt: skip
+        for name, fn in implementations(block).items():
+            if name not in ("peft", "ours"):
+                try:
+                    row[f"{name}_max_rel_err"] = rel_errors(m, X, dYs, block, fn)["max_rel_err"]
+                except Exception as err:
+                    row[f"{name}_error"] = repr(err)
+                    continue
+            figures = measure(fn, m, X, dYs, row["floor_ms"])
+            row.update({f"{name}_{key}": value for key, value in figures.items()})
         rows.append(row)
         print(json.dumps(row), flush=True)
         del X, dYs
@@ -207,14 +258,11 @@ def profile(block: str, r: int, nf4: bool, tokens: int) -> None:
     from torch.profiler import profile as torch_profile
 
     m = build(r, nf4, fp32_adapters=False)
-    peft, ours, k = BLOCKS[block]
-    impls = {"peft": peft, "ours": ours, **{"axolotl": axolotl_blocks().get(block)}}
+    peft, _, k = BLOCKS[block]
     X = torch.randn(1, tokens, k, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     with torch.no_grad():
         dYs = [torch.randn_like(o) for o in _outs(peft(m, X))]
-    for name, fn in impls.items():
-        if fn is None:
-            continue
+    for name, fn in implementations(block).items():
         step = fwd_bwd(fn, m, X, dYs)
         step()
         torch.cuda.synchronize()
@@ -227,47 +275,19 @@ def profile(block: str, r: int, nf4: bool, tokens: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tokens", type=int, default=8192)
-    ap.add_argument("--ranks", type=int, nargs="+", default=[16, 64])
-    ap.add_argument("--fp32-adapters", action="store_true",
-                    help="PEFT's default autocast_adapter_dtype=True (fp32 adapters)")  # fmt: skip
+    """``--profile BLOCK``: the kernel tables; otherwise ``tools/bench.py --suite micro``."""
+    import bench  # here, not above: bench imports this module
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 epilog="Other options: those of tools/bench.py.")  # fmt: skip
     ap.add_argument("--profile", choices=list(BLOCKS), help="profile one block and exit")
     ap.add_argument("--nf4", action="store_true", help="with --profile: an NF4 base")
-    args = ap.parse_args()
+    args, rest = ap.parse_known_args()
+    options = bench.parse_args(["--suite", "micro", *rest])
     if args.profile:
-        profile(args.profile, args.ranks[0], args.nf4, args.tokens)
-        return
-    try:
-        import bitsandbytes  # noqa: F401
-
-        bases = [False, True]
-    except ImportError:
-        print("bitsandbytes not importable: NF4 skipped")
-        bases = [False]
-    rows = [row for nf4 in bases for r in args.ranks
-            for row in bench(r, nf4, args.fp32_adapters, args.tokens)]  # fmt: skip
-    env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-           "triton": triton.__version__, "python": platform.python_version(),
-           "peft": version("peft")}  # fmt: skip
-    print(f"\n{env}")
-    head = (f"{'block':5} {'base':4} {'r':>3} {'floor ms':>8} {'PEFT':>12} {'ours':>12} "
-            f"{'held MiB P/ours':>16} {'peak MiB P/ours':>16} {'err':>8}")  # fmt: skip
-    print(head)
-    for w in rows:
-        print(f"{w['block']:5} {w['base']:4} {w['r']:>3} {w['floor_ms']:8.3f} "
-              f"{w['peft_ms']:6.3f} {w['peft_x']:4.2f}x {w['ours_ms']:6.3f} {w['ours_x']:4.2f}x "
-              f"{w['peft_held_mib']:7.0f}/{w['ours_held_mib']:<8.0f} "
-              f"{w['peft_peak_mib']:7.0f}/{w['ours_peak_mib']:<8.0f} "
-              f"{w['max_rel_err']:8.1e}")  # fmt: skip
-        if "axolotl_ms" in w:
-            print(f"{'':14} Axolotl {w['axolotl_ms']:6.3f} {w['axolotl_x']:4.2f}x, held "
-                  f"{w['axolotl_held_mib']:.0f} MiB, peak {w['axolotl_peak_mib']:.0f} MiB, "
-                  f"err {w['axolotl_max_rel_err']:.1e}")  # fmt: skip
-    out = os.environ.get("OUT")
-    if out:
-        with open(os.path.join(out, "bench_lora_blocks.json"), "w") as f:
-            json.dump({"env": env, "rows": rows}, f, indent=1)
+        profile(args.profile, options.ranks[0], args.nf4, options.tokens)
+    else:
+        bench.run(options)
 
 
 if __name__ == "__main__":

@@ -7,23 +7,21 @@ of 8192 tokens, bf16. Two configurations: 8 layers without checkpointing, and 32
 weights. Each variant then runs again with Liger's RoPE, RMSNorm and fused linear
 cross-entropy (not its SwiGLU, which the LoRA MLP replaces), as users run them.
 
-Usage on a CUDA machine: ``python tools/bench_model.py [--layers 8 32] [--steps 5]``;
-``--smoke`` runs a tiny model on the CPU to check the script itself.
-Writes ``$OUT/bench_model.json`` when ``OUT`` is set.
+This is the measuring half of ``tools/bench.py --suite model``, which runs it, writes the JSON
+and the chart; run directly, it is that suite (``--layers 8 32 --steps 5``; ``--smoke``: a
+tiny model on the CPU, to check the script itself).
 """
 
 import argparse
 import contextlib
-import json
-import os
+import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from importlib.util import find_spec
 
 import torch
 from peft import LoraConfig, get_peft_model
-from rich.console import Console
-from rich.table import Table
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import lk_autograd
@@ -43,7 +41,7 @@ class Result:
     checkpointing: bool
     variant: str
     tokens_per_s: float
-    peak_gib: float
+    peak_gib: float | None  # None on the CPU
     loss: float
 
 
@@ -63,7 +61,7 @@ def build(dims: dict, layers: int, checkpointing: bool, device: str, tokens: int
     return get_peft_model(model, lora)
 
 
-def time_steps(model, steps: int, tokens: int) -> tuple[float, float, float]:
+def time_steps(model, steps: int, tokens: int) -> tuple[float, float | None, float]:
     """Return (tokens/s, peak GiB, first loss) over ``steps`` timed steps after 2 warm-ups.
 
     The first warm-up loss comes before any optimizer step, so it compares across variants.
@@ -93,7 +91,7 @@ def time_steps(model, steps: int, tokens: int) -> tuple[float, float, float]:
     if cuda:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     return tokens * steps / elapsed, peak, first_loss
 
 
@@ -132,32 +130,43 @@ def axolotl_kernels(model, axolotl) -> Iterator[None]:
         unpatch_model(model)
 
 
-def apply_liger(model) -> bool:
-    try:
-        from liger_kernel.transformers import apply_liger_kernel_to_llama
-    except ImportError:
-        print("liger-kernel not importable: Liger variants skipped")
-        return False
+def unavailable(device: str) -> dict[str, str]:
+    """The variants ``run_config`` cannot run on ``device``, each with the reason."""
+    reasons = {}
+    if axolotl_lora() is None:
+        reasons["Axolotl"] = "axolotl not importable"
+    if device != "cuda":
+        reasons["+ Liger"] = "Liger's kernels are Triton: CUDA only"
+    elif find_spec("liger_kernel") is None:
+        reasons["+ Liger"] = "liger-kernel not importable"
+    return reasons
+
+
+def apply_liger(model) -> None:
+    from liger_kernel.transformers import apply_liger_kernel_to_llama
+
     apply_liger_kernel_to_llama(
         rope=True, rms_norm=True, fused_linear_cross_entropy=True, swiglu=False,
         model=model.get_base_model(),
     )  # fmt: skip
-    return True
 
 
 def run_config(args: argparse.Namespace, layers: int) -> list[Result]:
+    """Every available variant on one configuration; ``args`` has dims, device, tokens, steps."""
     checkpointing = layers > 8
     model = build(args.dims, layers, checkpointing, args.device, args.tokens)
-    axolotl = axolotl_lora()
+    skipped = unavailable(args.device)
     variants = {"PEFT": contextlib.nullcontext, "lk-patch": lambda: lk_kernels(model)}
-    if axolotl is not None:
-        variants["Axolotl"] = lambda: axolotl_kernels(model, axolotl)
+    if "Axolotl" not in skipped:
+        variants["Axolotl"] = lambda: axolotl_kernels(model, axolotl_lora())
     # Every variant starts from the same LoRA weights, so the losses are comparable too.
     initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     results = []
     for suffix in ("", " + Liger"):
-        if suffix and (args.device != "cuda" or not apply_liger(model)):
-            break  # Liger's kernels are Triton: GPU only
+        if suffix:
+            if "+ Liger" in skipped:
+                break
+            apply_liger(model)
         for name, context in variants.items():
             with context():
                 tps, peak, loss = time_steps(model, args.steps, args.tokens)
@@ -171,36 +180,10 @@ def run_config(args: argparse.Namespace, layers: int) -> list[Result]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, nargs="+", default=[8, 32])
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU, 1 step")
-    args = parser.parse_args()
-    args.dims, args.device, args.tokens = LLAMA3_8B, "cuda", 8192
-    if args.smoke:
-        args.dims, args.device, args.tokens, args.steps = SMOKE, "cpu", 64, 1
-    results = []
-    for layers in args.layers:
-        results += run_config(args, layers)
-        if args.device == "cuda":
-            torch.cuda.empty_cache()
+    """``tools/bench.py --suite model`` with the same options."""
+    import bench  # here, not above: bench imports this module
 
-    where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU smoke run"
-    table = Table(title=f"LoRA r=16 training step, {args.tokens} tokens, {where}")
-    for col in ("layers", "ckpt", "variant", "tok/s", "vs PEFT", "peak GiB", "first loss"):
-        table.add_column(col)
-    for r in results:
-        baseline = "PEFT + Liger" if r.variant.endswith(" + Liger") else "PEFT"
-        key = (r.layers, baseline)
-        base = next(b.tokens_per_s for b in results if (b.layers, b.variant) == key)
-        table.add_row(
-            str(r.layers), str(r.checkpointing), r.variant, f"{r.tokens_per_s:,.0f}",
-            f"{r.tokens_per_s / base:.3f}x", f"{r.peak_gib:.1f}", f"{r.loss:.4f}",
-        )  # fmt: skip
-    Console(width=120).print(table)
-    if out := os.environ.get("OUT"):
-        with open(os.path.join(out, "bench_model.json"), "w") as f:
-            json.dump([asdict(r) for r in results], f, indent=1)
+    bench.main(["--suite", "model", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,58 @@
+"""tools/bench.py end to end on the CPU: the model suite's smoke run, its JSON and its chart."""
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def bench(*args: str) -> None:
+    """Run tools/bench.py in a fresh process, as its users do."""
+    result = subprocess.run(
+        [sys.executable, "tools/bench.py", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    assert len(data) > 10_000  # axes, bars and labels, not an empty canvas
+
+
+@pytest.fixture(scope="module")
+def smoke_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    bench("--suite", "model", "--smoke", "--out", str(out))
+    return out
+
+
+@pytest.mark.slow
+def test_model_smoke_writes_rows_and_chart(smoke_dir: Path):
+    payload = json.loads((smoke_dir / "bench_model.json").read_text())
+    assert payload["suite"] == "model" and payload["env"]["torch"]
+    rows = payload["rows"]
+    for layers in {row["layers"] for row in rows}:
+        by_variant = {row["variant"]: row for row in rows if row["layers"] == layers}
+        peft, ours = by_variant["PEFT"], by_variant["lk-patch"]
+        assert peft["tokens_per_s"] > 0 and ours["tokens_per_s"] > 0
+        # The first loss comes before any optimizer step: the same model computed two ways
+        # (bf16 on the CPU).
+        assert math.isclose(ours["loss"], peft["loss"], rel_tol=1e-3)
+    assert_png(smoke_dir / "bench_model.png")
+
+
+@pytest.mark.slow
+def test_chart_rerenders_from_json(smoke_dir: Path, tmp_path: Path):
+    copy = tmp_path / "bench_model.json"
+    shutil.copy(smoke_dir / "bench_model.json", copy)
+    bench("--chart", str(copy))
+    assert_png(tmp_path / "bench_model.png")
