@@ -87,6 +87,8 @@ def lora_params(proj: nn.Module) -> LoraParams:
 def _read(proj: nn.Module, base: nn.Module, active: list[str]) -> LoraParams:
     W = base.weight
     quant_state = getattr(W, "quant_state", None) if _bnb_kind(type(base)) == "Linear4bit" else None
+    if quant_state is not None:  # a plain tensor: every op on a Params4bit runs its
+        W = W.detach()  # __torch_function__ (Python), dozens per call in the Functions
     adapters = ()
     if active:
         A, B, dropout, scaling = proj.lora_A, proj.lora_B, proj.lora_dropout, proj.scaling
