@@ -143,7 +143,7 @@ def _shared_groups(projs: Sequence[Proj]) -> dict[torch.dtype, list[tuple[int, i
     return groups
 
 
-def lora_inputs(X: Tensor, projs: Sequence[Proj]) -> list[list[Tensor]]:
+def _lora_inputs(X: Tensor, projs: Sequence[Proj]) -> list[list[Tensor]]:
     """``X_a A_a^T`` ``[N, r]`` for every adapter of every projection."""
     XA: list[list[Any]] = [[None] * len(p.adapters) for p in projs]
     for i, p in enumerate(projs):
@@ -161,7 +161,7 @@ def lora_inputs(X: Tensor, projs: Sequence[Proj]) -> list[list[Tensor]]:
     return XA
 
 
-def project(
+def _project(
     X: Tensor, p: Proj, layout: Layout, XAs: Sequence[Tensor]
 ) -> tuple[Tensor, list[Saved]]:
     """One projection's output (in ``X.dtype``) and what its backward needs."""
@@ -203,10 +203,10 @@ def forward(
     X: Tensor, projs: Sequence[Proj], layouts: Sequence[Layout]
 ) -> tuple[list[Tensor], list[Saved]]:
     """Outputs of projections reading ``X`` ``[N, k]``, and the per-adapter saved tensors."""
-    XA = lora_inputs(X, projs)
+    XA = _lora_inputs(X, projs)
     outs, saved = [], []
     for p, layout, XAs in zip(projs, layouts, XA, strict=True):
-        Y, s = project(X, p, layout, XAs)
+        Y, s = _project(X, p, layout, XAs)
         outs.append(Y)
         saved += s
     return outs, saved

@@ -10,7 +10,6 @@ from torch import Tensor, nn
 
 import lk_triton  # registers the torch.ops.lk_triton custom ops
 
-from . import _gated_lora
 from . import _linear as L
 from ._args import apply_args, autocast_dtype, no_autocast, read, run_function
 
@@ -108,100 +107,6 @@ class LoRA_MLP(torch.autograd.Function):
         return (dX, None, None, *L.pack([*grads, g_down]))
 
 
-class FusedLoRA_MLP(torch.autograd.Function):
-    """``LoRA_MLP``'s common case with the rank-r terms fused into the activation kernels.
-
-    One plain adapter per projection (no dropout, DoRA or biases), equal ranks up to
-    ``_gated_lora.MAX_RANK``, adapters in the activation dtype (fp16, bf16 or fp32), Triton
-    tensors, outside torch.compile. Same math as ``LoRA_MLP`` (see ``_gated_lora``); saves
-    ``X``, the base pre-activations ``e0 = X W_g^T``, ``g0 = X W_u^T`` and the ``[N, r]`` LoRA
-    inputs. Backward, with ``P = X A^T``, ``dP_g = de B_g``, ``dP_u = dg B_u`` (kernel)::
-
-        dB_d = s_d dY^T (h A_d^T)     dA_d = s_d (dY B_d)^T h
-        dB_g = s_g de^T P_g           dA_g = s_g dP_g^T X        (up likewise)
-        dX = s_g dP_g A_g + s_u dP_u A_u + de W_g + dg W_u
-    """
-
-    @staticmethod
-    def forward(ctx: Any, X: Tensor, activation: str, layouts: tuple, *flat: Any) -> Tensor:
-        gate, up, down = L.unpack(layouts, flat)
-        (P_g,), (P_u,) = L.lora_inputs(X, [gate, up])
-        e0 = X @ L.base_weight(gate.W, layouts[0].quant_state, X.dtype).t()
-        g0 = X @ L.base_weight(up.W, layouts[1].quant_state, X.dtype).t()
-        (a_g,), (a_u,), (a_d,) = gate.adapters, up.adapters, down.adapters
-        h, hA = _gated_lora.fused_forward(
-            e0,
-            g0,
-            P_g,
-            P_u,
-            a_g.B,
-            a_u.B,
-            a_d.A,
-            layouts[0].s[0],
-            layouts[1].s[0],
-            _KERNEL_ACTIVATION[activation],
-        )
-        Y, _ = L.project(h, down, layouts[2], [hA])
-        ctx.activation, ctx.layouts = activation, layouts
-        ctx.save_for_backward(X, e0, g0, P_g, P_u, hA, *flat)
-        return Y
-
-    @staticmethod
-    def backward(ctx: Any, dY: Tensor) -> tuple[Any, ...]:
-        X, e0, g0, P_g, P_u, hA, *flat = ctx.saved_tensors
-        layouts = ctx.layouts
-        gate, up, down = L.unpack(layouts, flat)
-        (s_g,), (s_u,), (s_d,) = (layout.s for layout in layouts)
-        (a_g,), (a_u,), (a_d,) = gate.adapters, up.adapters, down.adapters
-        need_gate, need_up, need_down = L.unpack(layouts, ctx.needs_input_grad[3:])
-        with no_autocast(X.device.type):
-            Q_d = (dY @ a_d.B).mul_(s_d)
-            dB_d = (dY.t() @ hA).mul_(s_d) if need_down.adapters[0].B else None
-            dh0 = dY @ L.base_weight(down.W, layouts[2].quant_state, X.dtype)
-            h, de, dg, dP_g, dP_u = _gated_lora.fused_backward(
-                dh0, e0, g0, P_g, P_u, a_g.B, a_u.B, Q_d, a_d.A, s_g, s_u,
-                _KERNEL_ACTIVATION[ctx.activation],
-                overwrite=_saved_dead_after_backward(),
-            )  # fmt: skip
-            dA_d = Q_d.t() @ h if need_down.adapters[0].A else None
-            del h, dh0
-            dB_g = (de.t() @ P_g).mul_(s_g) if need_gate.adapters[0].B else None
-            dB_u = (dg.t() @ P_u).mul_(s_u) if need_up.adapters[0].B else None
-            dP = torch.cat([dP_g.mul_(s_g), dP_u.mul_(s_u)], dim=1)
-            dA_g = dA_u = None
-            if need_gate.adapters[0].A or need_up.adapters[0].A:
-                dA_g, dA_u = (dP.t() @ X).split([a_g.A.shape[0], a_u.A.shape[0]])
-            dX = None
-            if ctx.needs_input_grad[0]:
-                dX = dP @ torch.cat([a_g.A, a_u.A])
-                dX.addmm_(de, L.base_weight(gate.W, layouts[0].quant_state, X.dtype))
-                dX.addmm_(dg, L.base_weight(up.W, layouts[1].quant_state, X.dtype))
-        grads = [
-            L.Proj(None, None, (L.Adapter(dA, dB, None, None, None),))
-            for dA, dB in ((dA_g, dB_g), (dA_u, dB_u), (dA_d, dB_d))
-        ]
-        return (dX, None, None, *L.pack(grads))
-
-
-def _fusable(X: Tensor, layouts: tuple, flat: list[Any]) -> bool:
-    """Whether ``FusedLoRA_MLP`` computes this call (else ``LoRA_MLP``)."""
-    if _gated_lora.triton is None or X.dtype not in _gated_lora.FUSED_DTYPES:
-        return False
-    if not lk_triton.uses_triton(X) or torch.compiler.is_compiling():
-        return False
-    if X.device.type == "cpu" and X.dtype == torch.bfloat16:
-        return False  # Triton's interpreter (CPU) gets bf16 tl.dot wrong (fp16, fp32 right)
-    ranks = set()
-    for p in L.unpack(layouts, flat):
-        if p.bias is not None or len(p.adapters) != 1:
-            return False
-        a = p.adapters[0]
-        if a.M is not None or a.m is not None or a.b is not None or a.A.dtype != X.dtype:
-            return False
-        ranks.add(a.A.shape[0])
-    return len(ranks) == 1 and ranks.pop() <= _gated_lora.MAX_RANK
-
-
 def _fallback(mlp: nn.Module, X: Tensor, activation: str, gate: str, up: str, down: str) -> Tensor:
     e = getattr(mlp, gate)(X)
     if activation == "swiglu":
@@ -237,10 +142,6 @@ def apply_lora_mlp(
     X = L.to(X, cast)
     h_shape = (*X.shape[:-1], params[2].in_features)
     layouts, flat = apply_args(params, X, [X.shape, X.shape, h_shape], cast)
-    X2 = X.reshape(-1, X.shape[-1])
     with no_autocast(X.device.type):
-        if _fusable(X2, layouts, flat):
-            Y = FusedLoRA_MLP.apply(X2, activation, layouts, *flat)
-        else:
-            Y = run_function(LoRA_MLP, X2, activation, layouts, *flat)
+        Y = run_function(LoRA_MLP, X.reshape(-1, X.shape[-1]), activation, layouts, *flat)
     return Y.view(*X.shape[:-1], Y.shape[-1])
