@@ -106,19 +106,16 @@ def read(
     return params
 
 
-# torch 2.11's dynamo traces these Functions' backward wrongly: the compiled backward returns
-# zero gradients (seen on the CPU and on CUDA; forward right; fixed by 2.12). There the
-# Functions run eagerly behind a graph break: correct, and loud under fullgraph=True.
-_TRACED_BACKWARD_BROKEN = torch.__version__ < "2.12"
+# torch < 2.12's dynamo loses the gradient of an autograd Function output that the forward
+# produced with an in-place op (``Y = X @ W.t(); Y.addmm_(...)``; ours do, to save passes):
+# the compiled backward returns zeros. Reproduced on 2.11 with a ten-line Function; outputs
+# made out of place, and mutated intermediates that are only saved, are fine; 2.12 fixed it.
+_INPLACE_OUTPUT_LOSES_GRAD = torch.__version__ < "2.12"
 
 
-def run_function(function: Any, *args: Any) -> Any:
-    """``function.apply(*args)``, kept out of torch.compile graphs on torch < 2.12."""
-    if _TRACED_BACKWARD_BROKEN and torch.compiler.is_compiling():
-        return _eager_apply(function, *args)
-    return function.apply(*args)
-
-
-@torch.compiler.disable
-def _eager_apply(function: Any, *args: Any) -> Any:
-    return function.apply(*args)
+def output(Y: Tensor) -> Tensor:
+    """A Function's output ``Y``; a copy while torch < 2.12 compiles (see above), which costs
+    one pass over ``Y`` in the compiled graph and keeps ``fullgraph=True`` tracing."""
+    if _INPLACE_OUTPUT_LOSES_GRAD and torch.compiler.is_compiling():
+        return Y.clone()
+    return Y

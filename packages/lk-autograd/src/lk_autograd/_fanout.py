@@ -7,14 +7,14 @@ from typing import Any
 from torch import Tensor, nn
 
 from . import _linear as L
-from ._args import apply_args, autocast_dtype, no_autocast, read, run_function
+from ._args import apply_args, autocast_dtype, no_autocast, output, read
 
 
 def forward(ctx: Any, X: Tensor, layouts: tuple, flat: tuple) -> list[Tensor]:
     outs, saved = L.forward(X, L.unpack(layouts, flat), layouts)
     ctx.layouts = layouts
     ctx.save_for_backward(X, *flat, *L.pack_saved(saved))
-    return outs
+    return [output(Y) for Y in outs]
 
 
 def backward(ctx: Any, *dYs: Tensor) -> tuple[Any, ...]:
@@ -40,6 +40,6 @@ def apply(function: Any, modules: list[nn.Module], X: Tensor) -> list[Tensor] | 
     X = L.to(X, cast)
     layouts, flat = apply_args(params, X, [X.shape] * len(params), cast)
     with no_autocast(X.device.type):
-        outs = run_function(function, X.reshape(-1, X.shape[-1]), layouts, *flat)
+        outs = function.apply(X.reshape(-1, X.shape[-1]), layouts, *flat)
     outs = outs if isinstance(outs, tuple) else (outs,)
     return [Y.view(*X.shape[:-1], Y.shape[-1]) for Y in outs]

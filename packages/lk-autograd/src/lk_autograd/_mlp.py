@@ -11,7 +11,7 @@ from torch import Tensor, nn
 import lk_triton  # registers the torch.ops.lk_triton custom ops
 
 from . import _linear as L
-from ._args import apply_args, autocast_dtype, no_autocast, read, run_function
+from ._args import apply_args, autocast_dtype, no_autocast, output, read
 
 # LoRA_MLP's activation names -> lk_triton's. Under torch.compile the kernels run behind
 # lk_triton's custom ops, which keep fullgraph=True tracing on every path (CUDA, CPU, interpreter).
@@ -70,7 +70,7 @@ class LoRA_MLP(torch.autograd.Function):
         del h
         ctx.activation, ctx.layouts, ctx.n_gu = activation, layouts, len(saved_gu)
         ctx.save_for_backward(X, e, g, *flat, *L.pack_saved(saved_gu + saved_down))
-        return Y
+        return output(Y)
 
     @staticmethod
     def backward(ctx: Any, dY: Tensor) -> tuple[Any, ...]:
@@ -143,5 +143,5 @@ def apply_lora_mlp(
     h_shape = (*X.shape[:-1], params[2].in_features)
     layouts, flat = apply_args(params, X, [X.shape, X.shape, h_shape], cast)
     with no_autocast(X.device.type):
-        Y = run_function(LoRA_MLP, X.reshape(-1, X.shape[-1]), activation, layouts, *flat)
+        Y = LoRA_MLP.apply(X.reshape(-1, X.shape[-1]), activation, layouts, *flat)
     return Y.view(*X.shape[:-1], Y.shape[-1])
