@@ -109,7 +109,8 @@ def read(
 # torch < 2.12's dynamo loses the gradient of an autograd Function output that the forward
 # produced with an in-place op (``Y = X @ W.t(); Y.addmm_(...)``; ours do, to save passes):
 # the compiled backward returns zeros. Reproduced on 2.11 with a ten-line Function; outputs
-# made out of place, and mutated intermediates that are only saved, are fine; 2.12 fixed it.
+# made out of place, and mutated intermediates that are only saved, are fine; 2.12 fixed it
+# (the same family as pytorch/pytorch#184113, "in-place autograd matmul" under compile).
 _INPLACE_OUTPUT_LOSES_GRAD = torch.__version__ < "2.12"
 
 
