@@ -51,7 +51,8 @@ def make_model(
     names = ["default"]
     for i in range(1, adapters):
         names.append(f"extra{i}")
-        model.add_adapter(names[-1], LoraConfig(**{**kw, "r": 2 + i, "lora_alpha": 3 + i}))
+        cfg = LoraConfig(**{**kw, "r": 2 + i, "lora_alpha": 3 + i})
+        model.add_adapter(names[-1], cfg, autocast_adapter_dtype=autocast_adapter_dtype)
     if adapters > 1:
         model.base_model.set_adapter(names)
     with torch.no_grad():

@@ -1,5 +1,6 @@
 """``lora_params`` and ``can_fuse``, and the entry points' fallback to PEFT's own forwards."""
 
+import contextlib
 import copy
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from lk_autograd import apply_lora_o, can_fuse, lora_params
+from lk_autograd import FallbackWarning, apply_lora_o, can_fuse, lora_params
 
 from .models import compare, make_model
 
@@ -37,8 +38,10 @@ def test_disabled_and_merged_take_base_path(state):
     assert (can_fuse(model.o_proj) is None) == (state != "disabled_and_merged")
     ref = copy.deepcopy(model)
     X = torch.randn(3, 16, dtype=torch.float64, requires_grad=True)
+    fallback = state == "disabled_and_merged"  # PEFT unmerges in its forward: its path runs
     for block in ("mlp", "qkv", "o"):
-        errs = compare(block, model, X, ref_model=ref)
+        with pytest.warns(FallbackWarning) if fallback else contextlib.nullcontext():
+            errs = compare(block, model, X, ref_model=ref)
         assert max(errs.values()) < 1e-10, errs
 
 
@@ -97,8 +100,18 @@ def test_per_sample_adapter_names_fall_back_to_peft():
     names = ["default", "__base__"]
     with peft_model.base_model._enable_peft_forward_hooks(adapter_names=names):
         assert "hooks" in _reason(block.o_proj)
-        ours = apply_lora_o(block, X)
+        with pytest.warns(FallbackWarning, match=r"PEFT's own forward runs for Linear.*hooks"):
+            ours = apply_lora_o(block, X)
         ref = block.o_proj(X)
     assert torch.equal(ours, ref)
     plain = apply_lora_o(block, X)
     assert not torch.allclose(plain[1], ours[1])  # the mixed batch did differ: row 1 is base only
+
+
+def test_call_time_dtype_mismatch_warns_and_runs_peft():
+    """A float32 input on a float64 model without autocast: PEFT's forward runs (and raises, as
+    it does unpatched), after a FallbackWarning naming the dtypes."""
+    model = make_model(torch.float64)
+    warns = pytest.warns(FallbackWarning, match="float64, input torch.float32")
+    with warns, pytest.raises(RuntimeError):
+        apply_lora_o(model, torch.randn(3, 16))

@@ -2,15 +2,18 @@
 
 ``apply_lora_mlp``, ``apply_lora_qkv`` and ``apply_lora_o`` take the module holding the
 projections; ``lora_params`` reads a PEFT LoRA layer and ``can_fuse`` says why a layer cannot
-take the fused path (then the entry points run PEFT's own forwards).
+take the fused path (then the entry points run PEFT's own forwards and warn once per module
+and reason with a ``FallbackWarning``).
 """
 
+from ._args import FallbackWarning
 from ._mlp import LoRA_MLP, apply_lora_mlp
 from ._o import LoRA_O, apply_lora_o
 from ._params import LoraAdapter, LoraParams, can_fuse, lora_params
 from ._qkv import LoRA_QKV, apply_lora_qkv
 
 __all__ = [
+    "FallbackWarning",
     "LoRA_MLP",
     "LoRA_O",
     "LoRA_QKV",

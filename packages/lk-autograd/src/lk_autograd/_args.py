@@ -10,6 +10,7 @@ the same RNG state.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ._linear import Layout, to
-from ._params import LoraParams, fused_params
+from ._params import LoraParams, can_fuse, fused_params
 
 _NO_CONTEXT = contextlib.nullcontext()
 
@@ -93,17 +94,38 @@ def read(
     to PEFT's path. ``cast`` is the autocast dtype, if any."""
     params = fused_params(modules)
     if params is None:
+        reasons = dict.fromkeys(r for r in map(can_fuse, modules) if r is not None)
+        _warn_fallback(modules, "; ".join(reasons))
         return None
     dtype = cast or X.dtype
     for m, prm in zip(modules, params, strict=True):
         if prm.quant_state is None:
-            if prm.W.dtype != dtype and cast is None:
-                return None  # PEFT's own forward raises or converts; let it
+            if prm.W.dtype != dtype and cast is None:  # PEFT's own forward raises or converts
+                _warn_fallback([m], f"base weight {prm.W.dtype}, input {dtype}, no autocast")
+                return None
         else:
             base = m.get_base_layer() if hasattr(m, "get_base_layer") else m
-            if base.compute_dtype not in (None, dtype):
-                return None  # bnb would compute in its compute_dtype, then cast back
+            if base.compute_dtype not in (None, dtype):  # bnb computes in it, then casts back
+                _warn_fallback([m], f"bnb compute_dtype {base.compute_dtype}, input {dtype}")
+                return None
     return params
+
+
+class FallbackWarning(UserWarning):
+    """A fused entry point ran PEFT's own forward (same results, without the fused speed)."""
+
+
+def _warn_fallback(modules: Sequence[nn.Module], reason: str) -> None:
+    """Warn that PEFT's path runs; Python shows each distinct message once per call site."""
+    if torch.compiler.is_compiling():
+        return
+    names = ", ".join(
+        f"{type(m).__name__}({getattr(m, 'in_features', '?')} -> {getattr(m, 'out_features', '?')})"
+        for m in modules
+    )
+    warnings.warn(
+        f"lk_autograd: PEFT's own forward runs for {names}: {reason}", FallbackWarning, stacklevel=4
+    )
 
 
 # torch < 2.12's dynamo loses the gradient of an autograd Function output that the forward
