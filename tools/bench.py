@@ -1,7 +1,7 @@
 """The benchmark entry point: LoRA blocks (micro) and whole-model training steps (model).
 
     uv run tools/bench.py --suite micro|model|all [--ranks 8 16 64 128] [--layers 8 32]
-        [--steps 5] [--tokens 8192] [--fp32-adapters] [--out DIR] [--smoke]
+        [--steps 5] [--tokens 8192] [--repeat N] [--fp32-adapters] [--out DIR] [--smoke]
     uv run tools/bench.py --chart bench-results/bench_micro.json   # re-render its PNG anywhere
 
 micro (``bench_lora_blocks.py``, CUDA only): MLP, QKV and O forward+backward at Llama-3-8B
@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import platform
+import statistics
 from dataclasses import asdict
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -53,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="model; more than 8 layers: gradient checkpointing")  # fmt: skip
     ap.add_argument("--steps", type=int, default=5, help="model: timed steps")
     ap.add_argument("--tokens", type=int, default=8192)
+    ap.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="micro: each configuration N times, median ratios")  # fmt: skip
     ap.add_argument("--fp32-adapters", action="store_true",
                     help="micro: PEFT's default autocast_adapter_dtype=True")  # fmt: skip
     ap.add_argument("--out", type=Path, metavar="DIR")
@@ -106,9 +109,28 @@ def run_micro(args: argparse.Namespace) -> dict | None:
     except ImportError:
         skipped["nf4 base"] = "bitsandbytes not importable"
     rows = [row for nf4 in bases for r in ranks
-            for row in bench_blocks(r, nf4, args.fp32_adapters, tokens)]  # fmt: skip
-    return {"suite": "micro", "tokens": tokens, "smoke": args.smoke,
+            for row in median_rows([bench_blocks(r, nf4, args.fp32_adapters, tokens)
+                                    for _ in range(args.repeat)])]  # fmt: skip
+    return {"suite": "micro", "tokens": tokens, "smoke": args.smoke, "repeat": args.repeat,
             "fp32_adapters": args.fp32_adapters, "skipped": skipped, "rows": rows}  # fmt: skip
+
+
+def median_rows(runs: list[list[dict]]) -> list[dict]:
+    """One row per block from repeated runs of the same configuration: the median of each time
+    (``*_ms``) and of each ratio to its own run's floor (``*_x``, every run's kept in
+    ``*_x_runs``); memory and errors from the first run. Small blocks are host-bound on some
+    machines, so single runs of them vary by tens of percent."""
+    merged = []
+    for rows in zip(*runs, strict=True):
+        row = {**rows[0], "runs": len(rows)}
+        for key in rows[0]:
+            if key.endswith(("_ms", "_x")):
+                values = [r[key] for r in rows if key in r]
+                row[key] = statistics.median(values)
+                if key.endswith("_x"):
+                    row[f"{key}_runs"] = values
+        merged.append(row)
+    return merged
 
 
 def run_model(args: argparse.Namespace) -> dict | None:
@@ -154,6 +176,8 @@ def title(payload: dict) -> str:
     if payload["suite"] == "micro":
         adapters = "fp32" if payload["fp32_adapters"] else "bf16"
         what = f"LoRA blocks fwd+bwd, {adapters} adapters"
+        if payload.get("repeat", 1) > 1:
+            what += f", median of {payload['repeat']} runs"
     else:
         what = "LoRA r=16 training step"
     what += " (smoke)" if payload["smoke"] else ""

@@ -56,3 +56,25 @@ def test_chart_rerenders_from_json(smoke_dir: Path, tmp_path: Path):
     shutil.copy(smoke_dir / "bench_model.json", copy)
     bench("--chart", str(copy))
     assert_png(tmp_path / "bench_model.png")
+
+
+def test_median_rows_takes_each_runs_own_ratio():
+    """--repeat: per block, the median of the per-run ratios (each to its own run's floor) and
+    of the times; the other fields from the first run."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from bench import median_rows
+
+    def row(block: str, floor: float, ours: float) -> dict:
+        return {"block": block, "floor_ms": floor, "ours_ms": ours, "ours_x": ours / floor,
+                "ours_held_mib": 512.0}  # fmt: skip
+
+    runs = [[row("mlp", 8.0, 9.6), row("o", 1.0, 1.5)],
+            [row("mlp", 8.8, 9.7), row("o", 0.8, 1.0)],
+            [row("mlp", 8.2, 9.0), row("o", 0.9, 1.4)]]  # fmt: skip
+    mlp, o = median_rows(runs)
+    assert mlp["runs"] == o["runs"] == 3
+    assert mlp["ours_x_runs"] == [r[0]["ours_x"] for r in runs]
+    assert mlp["ours_x"] == sorted(r[0]["ours_x"] for r in runs)[1]
+    assert o["floor_ms"] == 0.9 and o["ours_ms"] == 1.4
+    assert o["ours_x"] == 1.5  # the runs' ratios 1.5, 1.25, 1.56; not 1.4 / 0.9
+    assert mlp["ours_held_mib"] == 512.0
