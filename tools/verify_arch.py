@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import sys
 import time
 import warnings
@@ -89,6 +90,16 @@ TINY = {
     "bos_token_id": 1,
     "eos_token_id": 2,
 }
+# Hybrid decoders: both tiny layers would be linear-attention / SSM / conv layers by default;
+# one becomes a softmax-attention layer, so that the attention class is exercised too.
+_LINEAR_THEN_FULL = ["linear_attention", "full_attention"]
+# Gated-DeltaNet layers at tiny sizes (defaults are 16-32 heads of 128).
+_TINY_DELTANET = {
+    "linear_num_key_heads": 2,
+    "linear_num_value_heads": 4,
+    "linear_key_head_dim": 16,
+    "linear_value_head_dim": 16,
+}
 # Per-architecture adjustments, each with its reason.
 OVERRIDES = {
     # every layer would be MoE by default; one dense layer exercises Llama4TextMLP alone.
@@ -101,6 +112,24 @@ OVERRIDES = {
             "mrope_section": [2, 3, 3],
         }
     },
+    "qwen3_next": {"layer_types": _LINEAR_THEN_FULL, **_TINY_DELTANET},
+    "qwen3_5_text": {"layer_types": _LINEAR_THEN_FULL, **_TINY_DELTANET},
+    "qwen3_5_moe_text": {"layer_types": _LINEAR_THEN_FULL, **_TINY_DELTANET},
+    "olmo_hybrid": {"layer_types": _LINEAR_THEN_FULL, **_TINY_DELTANET},
+    # Mamba-2 mixer at tiny sizes too (the default has 128 heads and a 256-wide state).
+    "bamba": {
+        "attn_layer_indices": [1],
+        "mamba_n_heads": 8,
+        "mamba_d_head": 16,
+        "mamba_d_state": 16,
+        "mamba_chunk_size": 4,
+    },
+    "lfm3": {"layer_types": ["conv", "full_attention"]},
+    "recurrent_gemma": {"block_types": ["recurrent", "attention"]},
+    # the default shared-expert count (None) fails to build.
+    "dots1": {"n_shared_experts": 1},
+    # clamp q/k/v in place (OLMo-7B-0424 clips at 8); tiny activations need a smaller bound.
+    "olmo": {"clip_qkv": 0.5},
 }
 
 
@@ -117,18 +146,58 @@ def tiny_config(model_type: str) -> transformers.PretrainedConfig:
     return config_class(**kwargs)
 
 
+def from_config(
+    model_type: str, config: transformers.PretrainedConfig, **kwargs
+) -> torch.nn.Module:
+    """The causal LM of ``model_type``, else its image-text model.
+
+    A text sub-config without an auto entry of its own (``mllama_text_model``) builds the
+    causal LM whose config class it is (``MllamaForCausalLM``).
+    """
+    if model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return AutoModelForCausalLM.from_config(config, **kwargs)
+    if model_type in modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return AutoModelForImageTextToText.from_config(config, **kwargs)
+    modeling = importlib.import_module(
+        type(config).__module__.replace(".configuration_", ".modeling_")
+    )
+    for name in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        model_class = getattr(modeling, name, None)
+        if model_class is not None and model_class.config_class is type(config):
+            return model_class._from_config(config, **kwargs)
+    return AutoModelForImageTextToText.from_config(config, **kwargs)  # raises, naming the type
+
+
+def _without_expert_redirects(lora: LoraConfig, model) -> list[str]:
+    """``lora``'s target modules less those PEFT would move onto fused MoE expert parameters.
+
+    For MoE model types whose experts transformers 5 fused into 3-D parameters, PEFT's
+    conversion of v4 adapters rewrites a target such as ``...shared_mlp.gate_proj`` into the
+    experts' ``gate_up_proj`` parameter, where it refuses LoRA dropout. Users training with
+    dropout on these models target the other projections, and so does the dropout variant.
+    """
+    try:
+        from peft.utils.transformers_weight_conversion import convert_peft_config_for_transformers
+    except ImportError:  # a PEFT without that conversion targets the modules as given
+        return lora.target_modules
+    converted = copy.deepcopy(lora)
+    convert_peft_config_for_transformers(converted, model=model, conversions=None)
+    if not converted.target_parameters:
+        return lora.target_modules
+    return [name for name in lora.target_modules if name in converted.target_modules]
+
+
 def build_model(model_type: str, dtype: torch.dtype, device: str, dropout: float, bias: bool):
     """A tiny PEFT model of ``model_type`` with random non-zero LoRA weights."""
     config = tiny_config(model_type)
-    auto = (
-        AutoModelForCausalLM
-        if model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-        else AutoModelForImageTextToText
-    )
     torch.manual_seed(0)
     # Eager experts: grouped_mm has no float64 kernel.
-    model = auto.from_config(
-        config, attn_implementation="eager", experts_implementation="eager", dtype=torch.float32
+    model = from_config(
+        model_type,
+        config,
+        attn_implementation="eager",
+        experts_implementation="eager",
+        dtype=torch.float32,
     )
     # Full names of the nn.Linear projections only (a bare name would also match MoE expert
     # parameters, which PEFT wraps differently).
@@ -145,6 +214,8 @@ def build_model(model_type: str, dtype: torch.dtype, device: str, dropout: float
         lora_dropout=dropout,
         lora_bias=bias,
     )
+    if dropout:
+        lora.target_modules = _without_expert_redirects(lora, model)
     model = get_peft_model(model, lora).to(device=device, dtype=dtype)
     model.train()  # LoRA dropout is active only in training mode
     return model, config
@@ -241,8 +312,10 @@ def verify_variant(arch: str, variant: str, device: str, dtype: torch.dtype) -> 
     generator = torch.Generator().manual_seed(1)
     input_ids = torch.randint(0, text.vocab_size, (2, 8), generator=generator).to(device)
     weight = torch.randn(2, 8, text.vocab_size, generator=generator).to(device)
-    peft, masks = record_dropout_masks(model, lambda: run(model, input_ids, weight, seed=2))
+    # Copied before any forward: a training forward leaves non-leaf tensors on some models
+    # (RecurrentGemma), which deepcopy refuses.
     reference_model = copy.deepcopy(model).to(torch.float64)
+    peft, masks = record_dropout_masks(model, lambda: run(model, input_ids, weight, seed=2))
     if dtype != torch.float64:
         replay_dropout_masks(reference_model, masks)
     ref = run(reference_model, input_ids, weight, seed=2)

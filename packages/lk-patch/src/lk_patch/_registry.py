@@ -19,6 +19,9 @@ from ._errors import UnsupportedArchitectureError
 _SEPARATE_QKV = ("q_proj", "k_proj", "v_proj")
 MOE_NOTE = "MoE experts are not a gated-MLP module (attention only)"
 NON_GATED_NOTE = "MLP is not a plain gated MLP down(act(gate) * up) (attention only)"
+# transformers 5 fused these models' experts; PEFT's conversion of v4 adapters moves every
+# gate_proj / up_proj / down_proj target onto them, so the dense and shared MLPs get no LoRA.
+PEFT_EXPERTS_NOTE = "PEFT moves MLP projection targets onto the fused MoE experts (attention only)"
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,66 @@ _SPECS = [
     _gated("flex_olmo", "FlexOlmo"),
     _gated("flint", "Flint"),
     _gated("glm", "Glm"),
+    # Added from the same scan; hybrid models are verified with an attention layer in the tiny
+    # model (OVERRIDES in tools/verify_arch.py).
+    _attention_only("afmoe", "Afmoe", PEFT_EXPERTS_NOTE),
+    _gated("bamba", "Bamba"),
+    _attention_only("dory", "Dory", NON_GATED_NOTE),
+    _attention_only("dots1", "Dots1", PEFT_EXPERTS_NOTE),
+    ArchSpec("emu3", text_config=True),
+    _gated("emu3_text_model", "Emu3"),
+    _attention_only("ernie4_5_moe", "Ernie4_5_Moe", PEFT_EXPERTS_NOTE),
+    _attention_only("exaone_moe", "ExaoneMoe", PEFT_EXPERTS_NOTE),
+    _attention_only("glm4_moe", "Glm4Moe", PEFT_EXPERTS_NOTE),
+    _attention_only("gpt_oss", "GptOss", MOE_NOTE),
+    _gated("granite_swa", "GraniteSWA"),
+    _attention_only("granitemoe", "GraniteMoe", MOE_NOTE),
+    _gated("helium", "Helium"),
+    _gated("hrm_text", "HrmText"),
+    _gated("hunyuan_v1_dense", "HunYuanDenseV1"),
+    _attention_only("hunyuan_v1_moe", "HunYuanMoEV1", PEFT_EXPERTS_NOTE),
+    _gated("hy_v3", "HYV3"),
+    _gated("hyperclovax", "HyperCLOVAX"),
+    _attention_only("inkling_text", "Inkling", NON_GATED_NOTE),
+    _attention_only("jais2", "Jais2", NON_GATED_NOTE),
+    _gated("kolibri1", "Kolibri1"),
+    _gated("laguna", "Laguna"),
+    _gated("lara_mini", "LaraMini"),
+    ArchSpec(
+        "lfm3",
+        attention=("Lfm3Attention",),
+        mlp_note="MLP calls F.silu, not an activation module (attention only)",
+    ),
+    _attention_only("mellum", "Mellum", PEFT_EXPERTS_NOTE),
+    _gated("mimo_v2_flash", "MiMoV2Flash"),
+    _attention_only("minimax", "MiniMax", MOE_NOTE),
+    _attention_only("minimax_m2", "MiniMaxM2", MOE_NOTE),
+    _attention_only("minimax_m3_vl_text", "MiniMaxM3VL", NON_GATED_NOTE),
+    _gated("ministral", "Ministral"),
+    _gated("ministral3", "Ministral3"),
+    ArchSpec("mllama", text_config=True),
+    ArchSpec("mllama_text_model", attention=("MllamaTextSelfAttention",), mlp=("MllamaTextMLP",)),
+    _attention_only("nanochat", "NanoChat", NON_GATED_NOTE),
+    _attention_only("nemotron", "Nemotron", NON_GATED_NOTE),
+    _gated("olmo", "Olmo"),
+    _gated("olmo3", "Olmo3"),
+    _gated("olmo_hybrid", "OlmoHybrid"),
+    _attention_only("olmoe", "Olmoe", MOE_NOTE),
+    _attention_only("phimoe", "Phimoe", MOE_NOTE),
+    ArchSpec("qwen3_5", text_config=True),
+    _gated("qwen3_5_text", "Qwen3_5"),
+    ArchSpec("qwen3_5_moe", text_config=True),
+    _gated("qwen3_5_moe_text", "Qwen3_5Moe"),
+    _attention_only("qwen3_next", "Qwen3Next", PEFT_EXPERTS_NOTE),
+    ArchSpec("recurrent_gemma", attention=("RecurrentGemmaAttention",), mlp=("RecurrentGemmaMlp",)),
+    ArchSpec(
+        "seed_oss",
+        attention=("SeedOssAttention",),
+        mlp_note="MLP applies residual dropout after down_proj (attention only)",
+    ),
+    _attention_only("solar_open", "SolarOpen", PEFT_EXPERTS_NOTE),
+    _gated("stablelm", "StableLm"),
+    _gated("vaultgemma", "VaultGemma"),
 ]
 
 REGISTRY: dict[str, ArchSpec] = {spec.model_type: spec for spec in _SPECS}
