@@ -81,3 +81,15 @@ def test_requires_grad_subsets(block):
             p.requires_grad_(False)
     errs = compare(block, model, _X(2, 3, grad=False))
     assert max(errs.values()) < 1e-10, errs
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_adapters_narrower_than_activations(block):
+    """bf16 adapters on a float32 model: PEFT computes the branch in bf16 and adds it to the
+    float32 base output; ours matches within the bf16 bound (a fresh model, fresh data)."""
+    model = make_model(torch.float32, seed=int(torch.randint(0, 2**31, ())))
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            p.data = p.data.to(torch.bfloat16)
+    errs = compare(block, model, _X(3, 5, dtype=torch.float32))
+    assert max(errs.values()) < 2e-2, errs

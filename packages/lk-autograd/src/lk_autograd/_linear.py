@@ -180,7 +180,7 @@ def _project(
             Z = torch.addmm(to(P, acc), to(XAs[0], acc), to(a.B.t(), acc), alpha=s)
             Y = torch.addcmul(to(_linear(X, W, p.bias), acc) - P, Z, c)
         return to(Y, X.dtype), [Saved(XAs[0], Z, c, n)]
-    if len(p.adapters) == 1 and acc == X.dtype and a.b is None:
+    if len(p.adapters) == 1 and ldt == X.dtype and a.b is None:
         # The LoRA term first, then the base GEMM accumulates onto it in place (its epilogue
         # reads C): one pass fewer over the [N, o] output than adding the term afterwards.
         if p.bias is None:
