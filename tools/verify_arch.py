@@ -61,7 +61,12 @@ TARGETS = [
     "up_proj",
     "down_proj",
     "gate_up_proj",
+    "input_linear",  # GraniteMoeShared's fused gate/up projection, and its down projection
+    "output_linear",
 ]
+# Output projections of other names, only where registered (PEFT refuses LoRA on a Mamba
+# mixer's out_proj, so a global "out_proj" would break the hybrids).
+OWN_TARGETS = {"phi": ["dense"], "lfm2": ["out_proj"], "lfm2_moe": ["out_proj"]}
 
 # Tiny sizes, applied to every (sub-)config that has the field.
 TINY = {
@@ -125,6 +130,10 @@ OVERRIDES = {
         "mamba_chunk_size": 4,
     },
     "lfm3": {"layer_types": ["conv", "full_attention"]},
+    "lfm2_moe": {"layer_types": ["conv", "full_attention"]},
+    # the shared gated MLP is off (size 0) by default.
+    "granitemoeshared": {"shared_intermediate_size": 48},
+    "granitemoe_swa": {"shared_intermediate_size": 48},
     "recurrent_gemma": {"block_types": ["recurrent", "attention"]},
     # the default shared-expert count (None) fails to build.
     "dots1": {"n_shared_experts": 1},
@@ -201,10 +210,11 @@ def build_model(model_type: str, dtype: torch.dtype, device: str, dropout: float
     )
     # Full names of the nn.Linear projections only (a bare name would also match MoE expert
     # parameters, which PEFT wraps differently).
+    names = {*TARGETS, *OWN_TARGETS.get(model_type, ())}
     targets = [
         name
         for name, module in model.named_modules()
-        if type(module) is torch.nn.Linear and name.rsplit(".", 1)[-1] in TARGETS
+        if type(module) is torch.nn.Linear and name.rsplit(".", 1)[-1] in names
     ]
     lora = LoraConfig(
         r=4,

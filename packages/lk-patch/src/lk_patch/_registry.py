@@ -22,6 +22,7 @@ NON_GATED_NOTE = "MLP is not a plain gated MLP down(act(gate) * up) (attention o
 # transformers 5 fused these models' experts; PEFT's conversion of v4 adapters moves every
 # gate_proj / up_proj / down_proj target onto them, so the dense and shared MLPs get no LoRA.
 PEFT_EXPERTS_NOTE = "PEFT moves MLP projection targets onto the fused MoE experts (attention only)"
+SILU_CALL_NOTE = "MLP calls F.silu, not an activation module (attention only)"
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,11 @@ _SPECS = [
     _attention_only("gpt_oss", "GptOss", MOE_NOTE),
     _gated("granite_swa", "GraniteSWA"),
     _attention_only("granitemoe", "GraniteMoe", MOE_NOTE),
+    # The shared expert is a gated MLP with a fused input_linear (gate and up halves).
+    ArchSpec("granitemoe_swa", attention=("GraniteMoeSWAAttention",), mlp=("GraniteMoeSWAMLP",)),
+    ArchSpec(
+        "granitemoeshared", attention=("GraniteMoeSharedAttention",), mlp=("GraniteMoeSharedMLP",)
+    ),
     _gated("helium", "Helium"),
     _gated("hrm_text", "HrmText"),
     _gated("hunyuan_v1_dense", "HunYuanDenseV1"),
@@ -140,11 +146,9 @@ _SPECS = [
     _gated("kolibri1", "Kolibri1"),
     _gated("laguna", "Laguna"),
     _gated("lara_mini", "LaraMini"),
-    ArchSpec(
-        "lfm3",
-        attention=("Lfm3Attention",),
-        mlp_note="MLP calls F.silu, not an activation module (attention only)",
-    ),
+    ArchSpec("lfm2", attention=("Lfm2Attention",), o="out_proj", mlp_note=SILU_CALL_NOTE),
+    ArchSpec("lfm2_moe", attention=("Lfm2MoeAttention",), o="out_proj", mlp_note=SILU_CALL_NOTE),
+    ArchSpec("lfm3", attention=("Lfm3Attention",), mlp_note=SILU_CALL_NOTE),
     _attention_only("mellum", "Mellum", PEFT_EXPERTS_NOTE),
     _gated("mimo_v2_flash", "MiMoV2Flash"),
     _attention_only("minimax", "MiniMax", MOE_NOTE),
@@ -160,6 +164,14 @@ _SPECS = [
     _gated("olmo3", "Olmo3"),
     _gated("olmo_hybrid", "OlmoHybrid"),
     _attention_only("olmoe", "Olmoe", MOE_NOTE),
+    ArchSpec("phi", attention=("PhiAttention",), o="dense", mlp_note=NON_GATED_NOTE),
+    ArchSpec(
+        "phi4_multimodal",
+        attention=("Phi4MultimodalAttention",),
+        mlp=("Phi4MultimodalMLP",),
+        qkv=None,
+        fused_qkv="qkv_proj",
+    ),
     _attention_only("phimoe", "Phimoe", MOE_NOTE),
     ArchSpec("qwen3_5", text_config=True),
     _gated("qwen3_5_text", "Qwen3_5"),
