@@ -105,6 +105,7 @@ _TINY_DELTANET = {
     "linear_key_head_dim": 16,
     "linear_value_head_dim": 16,
 }
+_TINY_MAMBA2 = {"mamba_n_heads": 8, "mamba_d_head": 16, "mamba_d_state": 16, "mamba_chunk_size": 4}
 # Per-architecture adjustments, each with its reason.
 OVERRIDES = {
     # every layer would be MoE by default; one dense layer exercises Llama4TextMLP alone.
@@ -121,14 +122,10 @@ OVERRIDES = {
     "qwen3_5_text": {"layer_types": _LINEAR_THEN_FULL, **_TINY_DELTANET},
     "qwen3_5_moe_text": {"layer_types": _LINEAR_THEN_FULL, **_TINY_DELTANET},
     "olmo_hybrid": {"layer_types": _LINEAR_THEN_FULL, **_TINY_DELTANET},
-    # Mamba-2 mixer at tiny sizes too (the default has 128 heads and a 256-wide state).
-    "bamba": {
-        "attn_layer_indices": [1],
-        "mamba_n_heads": 8,
-        "mamba_d_head": 16,
-        "mamba_d_state": 16,
-        "mamba_chunk_size": 4,
-    },
+    # Mamba-2 mixers at tiny sizes too (the defaults have 128 heads and a 256-wide state; on
+    # transformers 5.17 falcon_h1's asked for 16 GiB).
+    "bamba": {"attn_layer_indices": [1], **_TINY_MAMBA2},
+    "falcon_h1": {"mamba_d_ssm": 128, **_TINY_MAMBA2},
     "lfm3": {"layer_types": ["conv", "full_attention"]},
     "lfm2_moe": {"layer_types": ["conv", "full_attention"]},
     # the shared gated MLP is off (size 0) by default.
