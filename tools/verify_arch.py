@@ -64,9 +64,19 @@ TARGETS = [
     "input_linear",  # GraniteMoeShared's fused gate/up projection, and its down projection
     "output_linear",
 ]
-# Output projections of other names, only where registered (PEFT refuses LoRA on a Mamba
-# mixer's out_proj, so a global "out_proj" would break the hybrids).
-OWN_TARGETS = {"phi": ["dense"], "lfm2": ["out_proj"], "lfm2_moe": ["out_proj"]}
+# Projections of other names, only where registered (PEFT refuses LoRA on a Mamba mixer's
+# out_proj, so a global "out_proj" would break the hybrids).
+OWN_TARGETS = {
+    "phi": ("dense",),
+    "lfm2": ("out_proj",),
+    "lfm2_moe": ("out_proj",),
+    "codegen": ("out_proj",),
+    "gptj": ("out_proj",),
+    "mpt": ("Wqkv", "out_proj"),
+    **dict.fromkeys(
+        ("bloom", "gpt_neox", "gpt_neox_japanese", "persimmon"), ("query_key_value", "dense")
+    ),
+}
 
 # Tiny sizes, applied to every (sub-)config that has the field.
 TINY = {
@@ -127,6 +137,9 @@ OVERRIDES = {
     "bamba": {"attn_layer_indices": [1], **_TINY_MAMBA2},
     "falcon_h1": {"mamba_d_ssm": 128, **_TINY_MAMBA2},
     "lfm3": {"layer_types": ["conv", "full_attention"]},
+    # the default rotary width (64) exceeds the tiny head_dim.
+    "codegen": {"rotary_dim": 8},
+    "gptj": {"rotary_dim": 8},
     "lfm2_moe": {"layer_types": ["conv", "full_attention"]},
     # the shared gated MLP is off (size 0) by default.
     "granitemoeshared": {"shared_intermediate_size": 48},
@@ -147,7 +160,8 @@ def tiny_config(model_type: str) -> transformers.PretrainedConfig:
     kwargs.update(OVERRIDES.get(model_type, {}))
     for name in getattr(config_class, "sub_configs", {}) or {}:
         sub = getattr(default, name, None)
-        if isinstance(sub, transformers.PretrainedConfig):
+        # sub-configs without a model type of their own (MPT's attn_config) keep their defaults
+        if isinstance(sub, transformers.PretrainedConfig) and sub.model_type:
             kwargs[name] = tiny_config(sub.model_type)
     return config_class(**kwargs)
 

@@ -72,6 +72,18 @@ def _attention_only(model_type: str, prefix: str, note: str) -> ArchSpec:
     return ArchSpec(model_type, attention=(f"{prefix}Attention",), mlp_note=note)
 
 
+def _fused_attention_only(model_type: str, attention: str, fused_qkv: str, o: str) -> ArchSpec:
+    """GPT-style attention: one fused q/k/v projection, a non-gated MLP."""
+    return ArchSpec(
+        model_type,
+        attention=(attention,),
+        qkv=None,
+        fused_qkv=fused_qkv,
+        o=o,
+        mlp_note=NON_GATED_NOTE,
+    )
+
+
 _SPECS = [
     _gated("llama", "Llama"),
     _gated("mistral", "Mistral"),
@@ -187,6 +199,16 @@ _SPECS = [
     _attention_only("solar_open", "SolarOpen", PEFT_EXPERTS_NOTE),
     _gated("stablelm", "StableLm"),
     _gated("vaultgemma", "VaultGemma"),
+    # GPT-style decoders; fused projections take LoRA_O as in phi3.
+    _fused_attention_only("bloom", "BloomAttention", "query_key_value", "dense"),
+    _fused_attention_only("codegen", "CodeGenAttention", "qkv_proj", "out_proj"),
+    _fused_attention_only("gpt_neox", "GPTNeoXAttention", "query_key_value", "dense"),
+    _fused_attention_only(
+        "gpt_neox_japanese", "GPTNeoXJapaneseAttention", "query_key_value", "dense"
+    ),
+    ArchSpec("gptj", attention=("GPTJAttention",), o="out_proj", mlp_note=NON_GATED_NOTE),
+    _fused_attention_only("mpt", "MptAttention", "Wqkv", "out_proj"),
+    _fused_attention_only("persimmon", "PersimmonAttention", "query_key_value", "dense"),
 ]
 
 REGISTRY: dict[str, ArchSpec] = {spec.model_type: spec for spec in _SPECS}
