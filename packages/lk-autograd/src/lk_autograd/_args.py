@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ._linear import Layout, to
-from ._params import LoraParams, can_fuse, fused_params
+from ._params import LoraParams, _base_layer, can_fuse, fused_params
 
 _NO_CONTEXT = contextlib.nullcontext()
 
@@ -104,7 +104,7 @@ def read(
                 _warn_fallback([m], f"base weight {prm.W.dtype}, input {dtype}, no autocast")
                 return None
         else:
-            base = m.get_base_layer() if hasattr(m, "get_base_layer") else m
+            base = _base_layer(m)
             if base.compute_dtype not in (None, dtype):  # bnb computes in it, then casts back
                 _warn_fallback([m], f"bnb compute_dtype {base.compute_dtype}, input {dtype}")
                 return None

@@ -67,45 +67,62 @@ def _bnb_kind(cls: type) -> str | None:
     return next((n for n in ("Linear8bitLt", "Linear4bit") if n in names), None)
 
 
+# Layers are read at every call, so the reads below go to nn.Module's dicts directly: each
+# ``nn.Module.__getattr__`` (a submodule or parameter by attribute) costs about a microsecond.
+
+
+def _submodules(module: nn.Module, name: str) -> dict[str, nn.Module]:
+    """The entries of ``module.<name>``, a ModuleDict (``lora_A``, ``lora_B``, ...)."""
+    return module._modules[name]._modules
+
+
 def _base_layer(proj: nn.Module) -> nn.Module:
-    return proj.get_base_layer() if _is_lora_layer(proj) else proj
+    """PEFT's ``get_base_layer()`` (the chain of ``base_layer`` submodules) without its
+    ``hasattr`` probes, the last of which raises and catches an AttributeError."""
+    if not _is_lora_layer(proj):
+        return proj
+    while (inner := proj._modules.get("base_layer")) is not None:
+        proj = inner
+    return proj
 
 
 def _active_adapters(proj: nn.Module) -> list[str]:
     """The adapters PEFT's forward applies; none when disabled or merged (base path only)."""
     if not _is_lora_layer(proj) or proj.disable_adapters or proj.merged:
         return []
-    lora_A = proj.lora_A
+    lora_A = _submodules(proj, "lora_A")
     return [name for name in proj.active_adapters if name in lora_A]
 
 
 def lora_params(proj: nn.Module) -> LoraParams:
     """Read a PEFT LoRA linear (``lora.Linear`` or bnb ``Linear4bit``) or a plain ``nn.Linear``."""
-    return _read(proj, _base_layer(proj), _active_adapters(proj))
+    active = _active_adapters(proj)
+    return _read(proj, _base_layer(proj), [_adapter(proj, name) for name in active])
 
 
-def _read(proj: nn.Module, base: nn.Module, active: list[str]) -> LoraParams:
-    W = base.weight
+def _read(proj: nn.Module, base: nn.Module, adapters: Sequence[LoraAdapter]) -> LoraParams:
+    W = base._parameters["weight"]
     quant_state = getattr(W, "quant_state", None) if _bnb_kind(type(base)) == "Linear4bit" else None
     if quant_state is not None:  # a plain tensor: every op on a Params4bit runs its
         W = W.detach()  # __torch_function__ (Python), dozens per call in the Functions
-    adapters = ()
-    if active:
-        A, B, dropout, scaling = proj.lora_A, proj.lora_B, proj.lora_dropout, proj.scaling
-        variant, magnitude = proj.lora_variant, proj.lora_magnitude_vector
-        adapters = tuple(
-            LoraAdapter(
-                name=name,
-                A=A[name].weight,
-                B=B[name].weight,
-                b=B[name].bias,
-                s=float(scaling[name]),
-                dropout=dropout[name],
-                m=magnitude[name].weight if name in variant else None,
-            )
-            for name in active
-        )
-    return LoraParams(W, base.bias, quant_state, adapters)
+    return LoraParams(W, base._parameters.get("bias"), quant_state, tuple(adapters))
+
+
+def _adapter(proj: nn.Module, name: str) -> LoraAdapter:
+    """Adapter ``name`` of a LoRA layer: its tensors, its scaling now and its dropout module."""
+    B = _submodules(proj, "lora_B")[name]
+    magnitude = None
+    if name in proj.lora_variant:
+        magnitude = _submodules(proj, "lora_magnitude_vector")[name]._parameters["weight"]
+    return LoraAdapter(
+        name=name,
+        A=_submodules(proj, "lora_A")[name]._parameters["weight"],
+        B=B._parameters["weight"],
+        b=B._parameters.get("bias"),
+        s=float(proj.scaling[name]),
+        dropout=_submodules(proj, "lora_dropout")[name],
+        m=magnitude,
+    )
 
 
 def _hooked(module: nn.Module) -> bool:
@@ -125,9 +142,10 @@ def _base_reason(base: nn.Module) -> str | None:
     if kind == "Linear8bitLt":
         return "8-bit bitsandbytes base layer (Linear8bitLt) is not supported"
     if kind == "Linear4bit":
-        if base.weight.__class__.__name__ != "Params4bit" or base.weight.quant_state is None:
+        W = base._parameters["weight"]
+        if W.__class__.__name__ != "Params4bit" or W.quant_state is None:
             return "bitsandbytes Linear4bit without a 4-bit quant_state"
-        if getattr(base.weight.quant_state, "packing_format_for_cpu", False):
+        if getattr(W.quant_state, "packing_format_for_cpu", False):
             return "bitsandbytes 4-bit weight repacked for CPU inference"
         return None
     if type(base).__name__ == "Conv1D":
@@ -141,25 +159,26 @@ def _adapter_reason(proj: nn.Module, name: str) -> str | None:
     variant = proj.lora_variant.get(name)
     if variant is not None and type(variant).__name__ != "DoraLinearVariant":
         return f"adapter {name!r} uses LoRA variant {type(variant).__name__} (only DoRA is fused)"
-    A, B, dropout = proj.lora_A[name], proj.lora_B[name], proj.lora_dropout[name]
-    if type(A) is not nn.Linear or type(B) is not nn.Linear or A.bias is not None:
+    A, B = _submodules(proj, "lora_A")[name], _submodules(proj, "lora_B")[name]
+    dropout = _submodules(proj, "lora_dropout")[name]
+    if type(A) is not nn.Linear or type(B) is not nn.Linear or A._parameters["bias"] is not None:
         return f"adapter {name!r} has lora_A/lora_B that are not plain nn.Linear"
     if type(dropout) not in (nn.Dropout, nn.Identity):
         return f"adapter {name!r} has dropout of unknown type {type(dropout).__name__}"
-    if any(_hooked(m) for m in (A, B, dropout)):
+    if _hooked(A) or _hooked(B) or _hooked(dropout):
         return f"adapter {name!r} has forward hooks on lora_A, lora_B or lora_dropout"
-    tensors = [A.weight, B.weight] if B.bias is None else [A.weight, B.weight, B.bias]
+    tensors = [A._parameters["weight"], B._parameters["weight"], B._parameters["bias"]]
     if variant is not None:
-        magnitude = proj.lora_magnitude_vector[name]
+        magnitude = _submodules(proj, "lora_magnitude_vector")[name]
         if _hooked(magnitude):
             return f"adapter {name!r} has forward hooks on its DoRA magnitude"
         if proj.ephemeral_gpu_offload:
             return f"adapter {name!r} uses DoRA with ephemeral_gpu_offload"
         if isinstance(dropout, nn.Dropout) and dropout.training != proj.training:
             return f"adapter {name!r}: DoRA dropout and layer disagree on training mode"
-        tensors.append(magnitude.weight)
+        tensors.append(magnitude._parameters["weight"])
     dtype, device = tensors[0].dtype, tensors[0].device
-    if any(t.dtype != dtype or t.device != device for t in tensors[1:]):
+    if any(t is not None and (t.dtype != dtype or t.device != device) for t in tensors[1:]):
         return f"adapter {name!r} has lora_A/lora_B/magnitude of mixed dtypes or devices"
     return None
 
@@ -205,7 +224,7 @@ def _inspect(proj: nn.Module) -> LoraParams | str:
         return _base_reason(proj) or f"unknown layer type {type(proj).__qualname__}"
     if not _known_lora_type(type(proj)):
         return f"unknown PEFT LoRA layer type {type(proj).__module__}.{type(proj).__qualname__}"
-    base = proj.get_base_layer()
+    base = _base_layer(proj)
     reason = _base_reason(base)
     if reason is not None:
         return reason
@@ -213,7 +232,7 @@ def _inspect(proj: nn.Module) -> LoraParams | str:
         return "fan_in_fan_out=True (Conv1D-style weights) is not supported"
     if _hooked(proj) or _hooked(base):
         return "forward hooks on the layer (e.g. PEFT's per-sample adapter_names injection)"
-    if base.weight.requires_grad:
+    if base._parameters["weight"].requires_grad:
         return "the base weight requires grad (it is not frozen)"
     if proj.disable_adapters and proj.merged:
         return "adapters are disabled while merged (PEFT unmerges in forward)"
@@ -226,6 +245,7 @@ def _inspect(proj: nn.Module) -> LoraParams | str:
         reason = _adapter_reason(proj, name)
         if reason is not None:
             return reason
-    if len({proj.lora_A[name].weight.dtype for name in active}) > 1:
+    adapters = [_adapter(proj, name) for name in active]
+    if len({ad.A.dtype for ad in adapters}) > 1:
         return "active adapters of different dtypes"
-    return _read(proj, base, active)
+    return _read(proj, base, adapters)
