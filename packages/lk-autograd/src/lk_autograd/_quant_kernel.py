@@ -49,23 +49,26 @@ if triton is not None:
         tl.store(out + i, (value * scale).to(out.dtype.element_ty), mask=mask)
 
 
+def _float32_on(t: Tensor, device: torch.device) -> Tensor:
+    """``t.to(device, torch.float32)`` without the call (a dispatch) when it is already there:
+    bnb keeps its code tables and offset on the weight's device in float32."""
+    return t if t.dtype == torch.float32 and t.device == device else t.to(device, torch.float32)
+
+
 def dequantize_4bit_triton(W: Tensor, quant_state) -> Tensor:
     """``W`` (packed uint8) dequantized to ``quant_state.dtype`` in ``quant_state.shape``, laid
     out as bitsandbytes lays it out (the caller handles bnb's transposed ``[1, n]`` packing)."""
     qs = quant_state
     out = torch.empty(qs.shape, dtype=qs.dtype, device=W.device)
     n = out.numel()
-    code = qs.code.to(W.device, torch.float32)
+    absmax2 = code2 = offset = blocksize2 = None  # the nested absmax's, if any
     if qs.nested:
         s2 = qs.state2
-        offset = torch.as_tensor(qs.offset, dtype=torch.float32, device=W.device)
-        args = (qs.absmax, code, s2.absmax, s2.code.to(W.device), offset, s2.blocksize)
-    else:
-        args = (qs.absmax, code, qs.absmax, code, qs.absmax, 1)  # nested-only slots unused
-    absmax, code, absmax2, code2, offset, blocksize2 = args
+        absmax2, code2, blocksize2 = s2.absmax, _float32_on(s2.code, W.device), s2.blocksize
+        offset = _float32_on(torch.as_tensor(qs.offset), W.device)
     if n:
         _dequantize_4bit_kernel[(triton.cdiv(n, _BLOCK),)](
-            W, absmax, code, absmax2, code2, offset, out, n,
+            W, qs.absmax, _float32_on(qs.code, W.device), absmax2, code2, offset, out, n,
             BLOCKSIZE=qs.blocksize, BLOCKSIZE2=blocksize2, NESTED=qs.nested, BLOCK=_BLOCK,
             num_warps=4, enable_fp_fusion=False,
         )  # fmt: skip
