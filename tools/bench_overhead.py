@@ -3,6 +3,7 @@
 On tiny tensors (8 tokens, hidden 64, r=4) the GPU or CPU work is negligible, so the time per
 forward+backward call is the Python and dispatch cost that starves the GPU on small blocks.
 Blocks: O, QKV, QKV with an NF4 (bitsandbytes 4-bit, double-quant) base, and SwiGLU MLP.
+Axolotl's Functions too where its wheel imports (its NF4 and MLP paths need CUDA).
 
     uv run python tools/bench_overhead.py [--device cpu|cuda] [--iters 200] [--profile BLOCK]
 
@@ -24,6 +25,7 @@ from _blocks import PROJECTIONS, Block, to_nf4
 from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
 
+from _peers import axolotl_lora
 from lk_autograd import apply_lora_mlp, apply_lora_o, apply_lora_qkv
 
 D, INTER, HEADS, KV, HD, TOKENS, RANK = 64, 128, 4, 2, 16, 8, 4
@@ -51,6 +53,18 @@ CALLS: dict[str, tuple[bool, Callable, Callable]] = {  # name: (nf4, ours, PEFT)
     "qkv_nf4": (True, apply_lora_qkv, lambda m, X: (m.q_proj(X), m.k_proj(X), m.v_proj(X))),
     "mlp": (False, lambda m, X: apply_lora_mlp(m, X, "swiglu"), peft_mlp),
 }
+
+
+def axolotl_calls(cuda: bool) -> dict[str, Callable]:
+    """Axolotl's entry point per block, or none when its wheel does not import."""
+    kernels = axolotl_lora()
+    if kernels is None:
+        return {}
+    qkv = lambda m, X: kernels.apply_lora_qkv(m, X, inplace=False)  # noqa: E731
+    calls = {"o": kernels.apply_lora_o, "qkv": qkv}
+    if cuda:  # its dequantize and its MLP kernels need CUDA
+        calls.update(qkv_nf4=qkv, mlp=kernels.apply_lora_mlp_swiglu)
+    return calls
 
 
 def step(fn: Callable, m: nn.Module, X: Tensor) -> None:
@@ -94,7 +108,7 @@ def main() -> None:
 
     def inputs(name: str) -> Tensor:
         d = HEADS * HD if name == "o" else D
-        return torch.randn(TOKENS, d, dtype=dtype, device=args.device, requires_grad=True)
+        return torch.randn(1, TOKENS, d, dtype=dtype, device=args.device, requires_grad=True)
 
     if args.profile:
         nf4, ours, _ = CALLS[args.profile]
@@ -107,13 +121,17 @@ def main() -> None:
         return
 
     print(f"torch {torch.__version__}, {args.device}, {dtype}, {TOKENS} tokens, d={D}, r={RANK}")
-    print(f"{'block':<8} {'ours us':>9} {'PEFT us':>9} {'ours/PEFT':>9}")
+    print(f"{'block':<8} {'ours us':>9} {'PEFT us':>9} {'Axolotl us':>10} {'ours/PEFT':>9}")
+    axolotl = axolotl_calls(cuda)
     for name in args.blocks:
         nf4, ours, peft = CALLS[name]
         m, X = models[nf4], inputs(name)
         t_ours = time_us(ours, m, X, args.iters, cuda)
         t_peft = time_us(peft, m, X, args.iters, cuda)
-        print(f"{name:<8} {t_ours:9.1f} {t_peft:9.1f} {t_ours / t_peft:9.2f}")
+        t_ax = "-"
+        if name in axolotl:
+            t_ax = f"{time_us(axolotl[name], m, X, args.iters, cuda):.1f}"
+        print(f"{name:<8} {t_ours:9.1f} {t_peft:9.1f} {t_ax:>10} {t_ours / t_peft:9.2f}")
 
 
 if __name__ == "__main__":
