@@ -85,6 +85,7 @@ OWN_TARGETS = {
     "codegen": ("out_proj",),
     "gptj": ("out_proj",),
     "mpt": ("Wqkv", "out_proj"),
+    "opt": ("out_proj",),
     **dict.fromkeys(
         ("bloom", "gpt_neox", "gpt_neox_japanese", "persimmon"), ("query_key_value", "dense")
     ),
@@ -149,6 +150,36 @@ OVERRIDES = {
     "bamba": {"attn_layer_indices": [1], **_TINY_MAMBA2},
     "falcon_h1": {"mamba_d_ssm": 128, **_TINY_MAMBA2},
     "lfm3": {"layer_types": ["conv", "full_attention"]},
+    # Layer 0: Mamba and a dense MLP; layer 1: attention and MoE.
+    "jamba": {"attn_layer_period": 2, "attn_layer_offset": 1},
+    # Two hybrid layers: the shared attention block is tied across them (one fails to build),
+    # and its gradients add up over both calls; zamba2 with its per-layer q/k/v adapters on.
+    "zamba": {"layers_block_type": ["hybrid", "hybrid"]},
+    "zamba2": {
+        "layers_block_type": ["hybrid", "hybrid"],
+        # the adapters add attention_hidden_size (2 * 64) to q, k and v: as many k/v heads
+        # as q heads, of Zamba2's own head_dim (2 * 64 / 4)
+        "num_key_value_heads": 4,
+        "head_dim": 32,
+        "use_shared_attention_adapter": True,
+        "adapter_rank": 8,
+        "mamba_d_state": 16,
+    },
+    "granitemoehybrid": {
+        "layer_types": ["mamba", "attention"],
+        "shared_intermediate_size": 48,
+        **_TINY_MAMBA2,
+    },
+    "nemotron_h": {
+        "layers_block_type": ["mamba", "attention", "mlp"],
+        "mamba_num_heads": 8,
+        "mamba_head_dim": 16,
+        "ssm_state_size": 16,
+        "n_groups": 1,
+        "chunk_size": 4,
+    },
+    # OPT's residual dropout (0.1) would draw masks that the CUDA reference cannot replay.
+    "opt": {"ffn_dim": 96, "word_embed_proj_dim": 64, "dropout": 0.0},
     # the default rotary width (64) exceeds the tiny head_dim.
     "codegen": {"rotary_dim": 8},
     "gptj": {"rotary_dim": 8},

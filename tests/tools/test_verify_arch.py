@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import torch
+import transformers
 
 _TOOL = Path(__file__).resolve().parents[2] / "tools" / "verify_arch.py"
 _spec = importlib.util.spec_from_file_location("verify_arch", _TOOL)
@@ -73,3 +74,27 @@ def test_missing_gradient_fails():
     ref = _gradients()
     out = {key: value for key, value in ref.items() if key != "k_proj.lora_B.bias"}
     assert verify_arch.max_error(out, ref)[1] == float("inf")
+
+
+def test_opt_k_bias_gradient_is_noise_and_a_bug_in_it_fails():
+    """The real case: OPT (no RoPE), LoRA with a bias on B, float64, patched vs PEFT."""
+    import lk_patch
+
+    transformers.logging.set_verbosity_error()
+    model, config = verify_arch.build_model("opt", torch.float64, "cpu", 0.1, True)
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(0, config.vocab_size, (2, 8), generator=generator)
+    weight = torch.randn(2, 8, config.vocab_size, generator=generator)
+    ref = verify_arch.run(model, input_ids, weight, seed=2)
+    lk_patch.patch_model(model)
+    out = verify_arch.run(model, input_ids, weight, seed=2)
+
+    largest = max(value.norm() for key, value in ref.items() if key != "logits")
+    k_bias = next(key for key in ref if "k_proj.lora_B" in key and key.endswith(".bias"))
+    v_bias = k_bias.replace("k_proj", "v_proj")
+    assert ref[k_bias].norm() < 1e-7 * largest  # noise, below the floor
+    assert max(verify_arch.max_error(out, ref)[:2]) < BOUND / 10
+
+    wrong = _with(out, k_bias, 1e-6 * ref[v_bias])
+    _, grads, where = verify_arch.max_error(wrong, ref)
+    assert grads > BOUND and where == k_bias

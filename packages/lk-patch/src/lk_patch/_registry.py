@@ -209,6 +209,24 @@ _SPECS = [
     ArchSpec("gptj", attention=("GPTJAttention",), o="out_proj", mlp_note=NON_GATED_NOTE),
     _fused_attention_only("mpt", "MptAttention", "Wqkv", "out_proj"),
     _fused_attention_only("persimmon", "PersimmonAttention", "query_key_value", "dense"),
+    # Attention without RoPE. In the hybrids the Mamba mixers keep PEFT's path (PEFT refuses
+    # LoRA on their out_proj); the tiny verify models have attention layers (OVERRIDES).
+    # Jamba: the dense layers' gated JambaMLP too; its experts are not in PEFT's conversion.
+    _gated("jamba", "Jamba"),
+    _gated("zamba", "Zamba"),  # one attention + MLP block, shared by every hybrid layer
+    ArchSpec(
+        "zamba2",
+        attention=("Zamba2Attention",),
+        mlp_note="MLP adds a per-layer adapter to gate_up_proj's output (attention only)",
+    ),
+    # The shared expert, a gated MLP with a fused input_linear as in granitemoeshared.
+    ArchSpec(
+        "granitemoehybrid",
+        attention=("GraniteMoeHybridAttention",),
+        mlp=("GraniteMoeHybridMLP",),
+    ),
+    _attention_only("nemotron_h", "NemotronH", NON_GATED_NOTE),  # relu2(up), no gate
+    ArchSpec("opt", attention=("OPTAttention",), o="out_proj", mlp_note=NON_GATED_NOTE),
 ]
 
 REGISTRY: dict[str, ArchSpec] = {spec.model_type: spec for spec in _SPECS}
