@@ -97,10 +97,11 @@ def _active_adapters(proj: nn.Module) -> list[str]:
 def lora_params(proj: nn.Module) -> LoraParams:
     """Read a PEFT LoRA linear (``lora.Linear`` or bnb ``Linear4bit``) or a plain ``nn.Linear``."""
     active = _active_adapters(proj)
-    return _read(proj, _base_layer(proj), [_adapter(proj, name) for name in active])
+    return _read(_base_layer(proj), [_adapter(proj, name) for name in active])
 
 
-def _read(proj: nn.Module, base: nn.Module, adapters: Sequence[LoraAdapter]) -> LoraParams:
+def _read(base: nn.Module, adapters: Sequence[LoraAdapter]) -> LoraParams:
+    """The base layer's weight (a plain tensor for a 4-bit one), bias and quant state."""
     W = base._parameters["weight"]
     quant_state = getattr(W, "quant_state", None) if _bnb_kind(type(base)) == "Linear4bit" else None
     if quant_state is not None:  # a plain tensor: every op on a Params4bit runs its
@@ -220,7 +221,7 @@ def _inspect(proj: nn.Module) -> LoraParams | str:
     """``lora_params(proj)``, or why ``can_fuse`` rejects it (global hooks aside)."""
     if not _is_lora_layer(proj):
         if type(proj) is nn.Linear:
-            return "forward hooks on the layer" if _hooked(proj) else _read(proj, proj, [])
+            return "forward hooks on the layer" if _hooked(proj) else _read(proj, [])
         return _base_reason(proj) or f"unknown layer type {type(proj).__qualname__}"
     if not _known_lora_type(type(proj)):
         return f"unknown PEFT LoRA layer type {type(proj).__module__}.{type(proj).__qualname__}"
@@ -248,4 +249,4 @@ def _inspect(proj: nn.Module) -> LoraParams | str:
     adapters = [_adapter(proj, name) for name in active]
     if len({ad.A.dtype for ad in adapters}) > 1:
         return "active adapters of different dtypes"
-    return _read(proj, base, adapters)
+    return _read(base, adapters)
