@@ -54,8 +54,10 @@ def test_bfloat16_against_float64(block, adapter_fp32, variant):
     X = _X(4, 8, dtype=torch.bfloat16)
     errs = compare(block, model, X, ref_model=ref, ref_X=X.detach().double().requires_grad_())
     assert max(errs.values()) < 2e-2, errs
-    peft = compare(block, copy.deepcopy(model), X, ours_fn=None)  # ours vs PEFT, both bf16
-    assert max(peft.values()) < 2e-2, peft
+    # ours vs PEFT, both bf16: each is within 2e-2 of float64 (above), so they may differ by
+    # up to twice that (seen: 2.1e-2 on multi-bf16_adapters-mlp); a wrong formula gives O(1)
+    peft = compare(block, copy.deepcopy(model), X, ours_fn=None)
+    assert max(peft.values()) < 4e-2, peft
 
 
 def test_set_scale_read_each_call():
