@@ -16,9 +16,11 @@ bnb = pytest.importorskip("bitsandbytes")
 
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("double_quant", [False, True], ids=["single", "double"])
-@pytest.mark.parametrize("block", ["mlp", "qkv"])
-def test_4bit_float32(quant_type, double_quant, block):
-    model = make_4bit_model(quant_type, double_quant, bias=True, lora_dropout=0.2)
+@pytest.mark.parametrize("block", ["mlp", "qkv", "o"])
+@pytest.mark.parametrize("lora_dropout", [0.2, 0.0], ids=["dropout", "plain"])
+def test_4bit_float32(quant_type, double_quant, block, lora_dropout):
+    """With dropout QKV/O take ``_linear``'s path, without it ``_plain``'s."""
+    model = make_4bit_model(quant_type, double_quant, bias=True, lora_dropout=lora_dropout)
     assert type(model.gate_proj).__module__ == "peft.tuners.lora.bnb"
     assert lora_params(model.gate_proj).quant_state is not None
     assert can_fuse(model.gate_proj) is None

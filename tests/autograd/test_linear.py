@@ -6,6 +6,9 @@ import copy
 import pytest
 import torch
 
+from lk_autograd import _plain
+
+from .models import BLOCKS as BLOCK_FNS
 from .models import compare, make_model
 
 VARIANTS = {
@@ -95,3 +98,24 @@ def test_adapters_narrower_than_activations(block):
             p.data = p.data.to(torch.bfloat16)
     errs = compare(block, model, _X(3, 5, dtype=torch.float32))
     assert max(errs.values()) < 2e-2, errs
+
+
+@pytest.mark.parametrize("block", ["qkv", "o"])
+def test_plain_path_only_for_plain_adapters(block, monkeypatch):
+    """``_plain``'s body runs for one plain adapter per projection and no autocast; dropout in
+    training, a LoRA bias, several adapters or autocast take ``_linear``'s."""
+    calls = []
+    forward = _plain.forward
+    monkeypatch.setattr(_plain, "forward", lambda *a: calls.append(1) or forward(*a))
+    ours = BLOCK_FNS[block][0]
+    cases = [({}, True), ({"lora_dropout": 0.3}, False), ({"bias": True, "lora_bias": True}, False),
+             ({"adapters": 2}, False)]  # fmt: skip
+    for config, plain in cases:
+        calls.clear()
+        ours(make_model(**config), _X(2, 3))
+        assert bool(calls) == plain, config
+    calls.clear()
+    model = make_model(torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours(model, _X(2, 3, dtype=torch.float32))
+    assert not calls

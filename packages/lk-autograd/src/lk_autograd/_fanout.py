@@ -1,4 +1,8 @@
-"""Forward and backward bodies shared by ``LoRA_QKV`` and ``LoRA_O``: projections of one input."""
+"""Forward and backward bodies shared by ``LoRA_QKV`` and ``LoRA_O``: projections of one input.
+
+Two bodies: ``_plain``'s for the common case (one plain adapter per projection, no autocast),
+``_linear``'s for everything else; ``apply`` picks one by the ``layouts`` it passes.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,24 @@ from typing import Any
 from torch import Tensor, nn
 
 from . import _linear as L
+from . import _plain
 from ._args import apply_args, autocast_dtype, no_autocast, output, read
 
 
-def forward(ctx: Any, X: Tensor, layouts: tuple, flat: tuple) -> list[Tensor]:
-    outs, saved = L.forward(X, L.unpack(layouts, flat), layouts)
-    ctx.layouts = layouts
-    ctx.save_for_backward(X, *flat, *L.pack_saved(saved))
+def forward(ctx: Any, X: Tensor, layouts: Any, flat: tuple) -> list[Tensor]:
+    if isinstance(layouts, _plain.PlainLayout):
+        outs = _plain.forward(ctx, X, layouts, flat)
+    else:
+        outs, saved = L.forward(X, L.unpack(layouts, flat), layouts)
+        ctx.layouts = layouts
+        ctx.save_for_backward(X, *flat, *L.pack_saved(saved))
     return [output(Y) for Y in outs]
 
 
 def backward(ctx: Any, *dYs: Tensor) -> tuple[Any, ...]:
+    if hasattr(ctx, "plan"):
+        with no_autocast(dYs[0].device.type):
+            return _plain.backward(ctx, dYs)
     X, *rest = ctx.saved_tensors
     layouts = ctx.layouts
     n = L.flat_size(layouts)
@@ -38,7 +49,11 @@ def apply(function: Any, modules: list[nn.Module], X: Tensor) -> list[Tensor] | 
     if params is None:
         return None
     X = L.to(X, cast)
-    layouts, flat = apply_args(params, X, [X.shape] * len(params), cast)
+    plan = _plain.layout(params, X, cast)
+    if plan is not None:
+        layouts, flat = plan, _plain.flatten(params)
+    else:
+        layouts, flat = apply_args(params, X, [X.shape] * len(params), cast)
     with no_autocast(X.device.type):
         outs = function.apply(X.reshape(-1, X.shape[-1]), layouts, *flat)
     outs = outs if isinstance(outs, tuple) else (outs,)

@@ -112,7 +112,7 @@ def base_weight(W: Tensor, quant_state: object | None, dtype: torch.dtype) -> Te
     return W if quant_state is None else to(dequantize(W, quant_state), dtype)
 
 
-def _scaled_mm(a: Tensor, b: Tensor, s: float) -> Tensor:
+def scaled_mm(a: Tensor, b: Tensor, s: float) -> Tensor:
     """``s * (a @ b)`` in one GEMM: cuBLAS's ``alpha``. With ``beta=0`` addmm ignores its input
     (NaN included), so a 0-d placeholder stands in; a separate ``mul_`` would cost a launch."""
     return a @ b if s == 1 else torch.addmm(a.new_empty(()), a, b, beta=0, alpha=s)
@@ -267,12 +267,12 @@ def backward_input(
                     del W
             else:
                 dL = dO
-            dB = to(_scaled_mm(dL.t(), to(XA, acc), s), a.B.dtype) if need_a.B else None
+            dB = to(scaled_mm(dL.t(), to(XA, acc), s), a.B.dtype) if need_a.B else None
             db = to(dO.sum(0) * s, a.b.dtype) if need_a.b else None
             adapter_grads.append(Adapter(None, dB, db, dm, None))
             if not (need_a.A or want_dX):
                 continue
-            dXA = to(_scaled_mm(dL, to(a.B, acc), s), ldt)
+            dXA = to(scaled_mm(dL, to(a.B, acc), s), ldt)
             if need_a.A:
                 pending.append(Pending(i, j, dXA))
             if want_dX and a.M is None:

@@ -1,0 +1,117 @@
+"""The common case of ``_linear``'s projections of one input, without its generality.
+
+Each projection ``j`` has one adapter without dropout, DoRA or a LoRA bias, in ``X``'s dtype
+(no autocast), so nothing is cast, masked or grouped by dtype. ``X`` ``[N, k]``, ``W_j``
+``[o_j, k]`` (or bnb 4-bit), ``A_j`` ``[r_j, k]``, ``B_j`` ``[o_j, r_j]``::
+
+    XA = X [A_1; A_2; ...]^T  (one GEMM, split by rank)
+    Y_j = s_j XA_j B_j^T + X W_j^T + bias_j          (LoRA term first, the base GEMM onto it)
+
+    dB_j = s_j dY_j^T XA_j      dXA_j = s_j dY_j B_j      dbias_j = sum_N dY_j
+    dX = [dXA_1, ...] [A_1; ...] + sum_j dY_j W_j       [dA_1; ...] = [dXA_1, ...]^T X
+
+which is what ``_linear`` computes for such projections, op for op; only the Python around
+the ops is shorter (no packing into per-adapter tuples, no dtype groups; about 30% less
+host time per LoRA_O call on a CPU, ``tools/bench_overhead.py``). ``LoRA_QKV`` and ``LoRA_O``
+take this path when ``layout`` returns one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ._linear import base_weight, scaled_mm
+from ._params import LoraParams
+
+
+class PlainLayout(NamedTuple):
+    """Per projection: the LoRA scaling, the bnb 4-bit quant state (or None), the rank."""
+
+    s: tuple[float, ...]
+    quant_states: tuple[object | None, ...]
+    ranks: tuple[int, ...]
+
+
+def _dropout_active(dropout: nn.Module) -> bool:
+    return isinstance(dropout, nn.Dropout) and dropout.training and dropout.p > 0
+
+
+def layout(params: Sequence[LoraParams], X: Tensor, cast: torch.dtype | None) -> PlainLayout | None:
+    """The lean path's layout when every projection qualifies (see the module docstring)."""
+    if cast is not None:
+        return None
+    for p in params:
+        if len(p.adapters) != 1:
+            return None
+        a = p.adapters[0]
+        if a.m is not None or a.b is not None or _dropout_active(a.dropout):
+            return None
+        if a.A.dtype != X.dtype or a.B.dtype != X.dtype:
+            return None
+    return PlainLayout(
+        tuple(p.adapters[0].s for p in params),
+        tuple(p.quant_state for p in params),
+        tuple(p.adapters[0].A.shape[0] for p in params),
+    )
+
+
+def flatten(params: Sequence[LoraParams]) -> list[Tensor | None]:
+    """``apply``'s tensors: ``W, bias, A, B`` per projection."""
+    flat: list[Tensor | None] = []
+    for p in params:
+        flat += (p.W, p.bias, p.adapters[0].A, p.adapters[0].B)
+    return flat
+
+
+def forward(ctx: Any, X: Tensor, plan: PlainLayout, flat: Sequence[Any]) -> list[Tensor]:
+    As = flat[2::4]
+    XA = X @ (As[0] if len(As) == 1 else torch.cat(As)).t()
+    XAs = XA.split(plan.ranks, dim=1) if len(As) > 1 else (XA,)
+    outs = []
+    for j, (s, quant_state) in enumerate(zip(plan.s, plan.quant_states, strict=True)):
+        W, bias, _, B = flat[4 * j : 4 * j + 4]
+        if bias is None:
+            Y, beta = XAs[j] @ B.t(), s
+        else:
+            Y, beta = torch.addmm(bias, XAs[j], B.t(), alpha=s), 1
+        outs.append(Y.addmm_(X, base_weight(W, quant_state, X.dtype).t(), beta=beta))
+    ctx.plan = plan
+    ctx.save_for_backward(X, XA, *flat)
+    return outs
+
+
+def backward(ctx: Any, dYs: Sequence[Tensor]) -> tuple[Any, ...]:
+    """``(dX, None, *grads)``, ``grads`` flat like ``forward``'s tensors."""
+    X, XA, *flat = ctx.saved_tensors
+    plan, need = ctx.plan, ctx.needs_input_grad
+    XAs = XA.split(plan.ranks, dim=1) if len(plan.ranks) > 1 else (XA,)
+    n = len(plan.s)
+    need_A = [need[2 + 4 * j + 2] for j in range(n)]
+    want_dXA = need[0] or any(need_A)
+    grads: list[Tensor | None] = []
+    dXAs = []
+    for j, (dY, s) in enumerate(zip(dYs, plan.s, strict=True)):
+        need_bias, need_B = need[2 + 4 * j + 1], need[2 + 4 * j + 3]
+        grads += (None, dY.sum(0) if need_bias else None, None)
+        grads.append(scaled_mm(dY.t(), XAs[j], s) if need_B else None)
+        if want_dXA:
+            dXAs.append(scaled_mm(dY, flat[4 * j + 3], s))
+    if not want_dXA:
+        return (None, None, *grads)
+    dXA = dXAs[0] if n == 1 else torch.cat(dXAs, dim=1)
+    dX = None
+    if need[0]:
+        As = flat[2::4]
+        dX = dXA @ (As[0] if n == 1 else torch.cat(As))
+        for j, (dY, quant_state) in enumerate(zip(dYs, plan.quant_states, strict=True)):
+            dX.addmm_(dY, base_weight(flat[4 * j], quant_state, X.dtype))
+    if any(need_A):
+        dA = dXA.t() @ X
+        for j, dA_j in enumerate(dA.split(plan.ranks) if n > 1 else (dA,)):
+            if need_A[j]:
+                grads[4 * j + 2] = dA_j
+    return (dX, None, *grads)
