@@ -26,7 +26,7 @@ def forward(ctx: Any, X: Tensor, layouts: Any, flat: tuple) -> list[Tensor]:
 
 
 def backward(ctx: Any, *dYs: Tensor) -> tuple[Any, ...]:
-    if hasattr(ctx, "plan"):
+    if hasattr(ctx, "plan"):  # set by _plain.forward
         with no_autocast(dYs[0].device.type):
             return _plain.backward(ctx, dYs)
     X, *rest = ctx.saved_tensors

@@ -68,6 +68,7 @@ def flatten(params: Sequence[LoraParams]) -> list[Tensor | None]:
 
 
 def forward(ctx: Any, X: Tensor, plan: PlainLayout, flat: Sequence[Any]) -> list[Tensor]:
+    """``[Y_1, ...]``; saves ``X``, ``XA`` and the tensors for ``backward``."""
     As = flat[2::4]
     XA = X @ (As[0] if len(As) == 1 else torch.cat(As)).t()
     XAs = XA.split(plan.ranks, dim=1) if len(As) > 1 else (XA,)
