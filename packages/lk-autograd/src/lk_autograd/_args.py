@@ -39,8 +39,13 @@ def no_autocast(device_type: str) -> contextlib.AbstractContextManager:
     return _NO_CONTEXT
 
 
+def dropout_active(dropout: nn.Module) -> bool:
+    """Whether PEFT's forward applies (and draws RNG for) this adapter's dropout."""
+    return isinstance(dropout, nn.Dropout) and dropout.training and dropout.p > 0
+
+
 def _mask(dropout: nn.Module, shape: torch.Size, dtype: torch.dtype, X: Tensor) -> Tensor | None:
-    if not (isinstance(dropout, nn.Dropout) and dropout.training and dropout.p > 0):
+    if not dropout_active(dropout):
         return None
     return dropout(torch.ones(shape, dtype=dtype, device=X.device)).reshape(-1, shape[-1])
 

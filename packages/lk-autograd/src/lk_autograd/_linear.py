@@ -162,6 +162,19 @@ def _lora_inputs(X: Tensor, projs: Sequence[Proj]) -> list[list[Tensor]]:
     return XA
 
 
+def lora_first(
+    X: Tensor, W: Tensor, bias: Tensor | None, XA: Tensor, B: Tensor, s: float
+) -> Tensor:
+    """``s XA B^T + X W^T + bias`` for one adapter in ``X``'s dtype: the LoRA term first, then
+    the base GEMM accumulates onto it in place (its epilogue reads C), one pass fewer over the
+    [N, o] output than adding the term afterwards."""
+    if bias is None:
+        out, beta = XA @ B.t(), s
+    else:
+        out, beta = torch.addmm(bias, XA, B.t(), alpha=s), 1
+    return out.addmm_(X, W.t(), beta=beta)
+
+
 def _project(
     X: Tensor, p: Proj, layout: Layout, XAs: Sequence[Tensor]
 ) -> tuple[Tensor, list[Saved]]:
@@ -182,14 +195,7 @@ def _project(
             Y = torch.addcmul(to(_linear(X, W, p.bias), acc) - P, Z, c)
         return to(Y, X.dtype), [Saved(XAs[0], Z, c, n)]
     if len(p.adapters) == 1 and ldt == X.dtype and a.b is None:
-        # The LoRA term first, then the base GEMM accumulates onto it in place (its epilogue
-        # reads C): one pass fewer over the [N, o] output than adding the term afterwards.
-        if p.bias is None:
-            out, beta = XAs[0] @ a.B.t(), s
-        else:
-            out, beta = torch.addmm(p.bias, XAs[0], a.B.t(), alpha=s), 1
-        out.addmm_(X, W.t(), beta=beta)
-        return out, [Saved(XAs[0], None, None, None)]
+        return lora_first(X, W, p.bias, XAs[0], a.B, s), [Saved(XAs[0], None, None, None)]
     Y = _linear(X, W, p.bias)
     del W
     out = to(Y, acc)

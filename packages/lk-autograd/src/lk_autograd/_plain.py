@@ -22,9 +22,10 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ._linear import base_weight, scaled_mm
+from ._args import dropout_active
+from ._linear import base_weight, lora_first, scaled_mm
 from ._params import LoraParams
 
 
@@ -36,10 +37,6 @@ class PlainLayout(NamedTuple):
     ranks: tuple[int, ...]
 
 
-def _dropout_active(dropout: nn.Module) -> bool:
-    return isinstance(dropout, nn.Dropout) and dropout.training and dropout.p > 0
-
-
 def layout(params: Sequence[LoraParams], X: Tensor, cast: torch.dtype | None) -> PlainLayout | None:
     """The lean path's layout when every projection qualifies (see the module docstring)."""
     if cast is not None:
@@ -48,7 +45,7 @@ def layout(params: Sequence[LoraParams], X: Tensor, cast: torch.dtype | None) ->
         if len(p.adapters) != 1:
             return None
         a = p.adapters[0]
-        if a.m is not None or a.b is not None or _dropout_active(a.dropout):
+        if a.m is not None or a.b is not None or dropout_active(a.dropout):
             return None
         if a.A.dtype != X.dtype or a.B.dtype != X.dtype:
             return None
@@ -75,11 +72,7 @@ def forward(ctx: Any, X: Tensor, plan: PlainLayout, flat: Sequence[Any]) -> list
     outs = []
     for j, (s, quant_state) in enumerate(zip(plan.s, plan.quant_states, strict=True)):
         W, bias, _, B = flat[4 * j : 4 * j + 4]
-        if bias is None:
-            Y, beta = XAs[j] @ B.t(), s
-        else:
-            Y, beta = torch.addmm(bias, XAs[j], B.t(), alpha=s), 1
-        outs.append(Y.addmm_(X, base_weight(W, quant_state, X.dtype).t(), beta=beta))
+        outs.append(lora_first(X, base_weight(W, quant_state, X.dtype), bias, XAs[j], B, s))
     ctx.plan = plan
     ctx.save_for_backward(X, XA, *flat)
     return outs
