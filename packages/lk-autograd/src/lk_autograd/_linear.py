@@ -29,13 +29,14 @@ and ``dO = dY`` in ``acc``, the chain rule implemented below is::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from ._dora import magnitude_scale
+from ._gemm import fusable, lora_matmul
 from ._quant import dequantize
 
 
@@ -165,14 +166,38 @@ def _lora_inputs(X: Tensor, projs: Sequence[Proj]) -> list[list[Tensor]]:
 def lora_first(
     X: Tensor, W: Tensor, bias: Tensor | None, XA: Tensor, B: Tensor, s: float
 ) -> Tensor:
-    """``s XA B^T + X W^T + bias`` for one adapter in ``X``'s dtype: the LoRA term first, then
-    the base GEMM accumulates onto it in place (its epilogue reads C), one pass fewer over the
-    [N, o] output than adding the term afterwards."""
+    """``s XA B^T + X W^T + bias`` for one adapter in ``X``'s dtype. Without a bias, where
+    ``_gemm`` applies, one Triton GEMM adds the LoRA term in its epilogue. Otherwise the LoRA
+    term comes first and the base GEMM accumulates onto it in place (its epilogue reads C), one
+    pass fewer over the [N, o] output than adding the term afterwards."""
+    if bias is None and fusable(X, W, XA, B):
+        return lora_matmul(X, W, XA, B, s, w_kn=False)
     if bias is None:
         out, beta = XA @ B.t(), s
     else:
         out, beta = torch.addmm(bias, XA, B.t(), alpha=s), 1
     return out.addmm_(X, W.t(), beta=beta)
+
+
+def input_grad(
+    dX: Tensor | None, lora: tuple[Tensor, Tensor] | None, base: Iterable[tuple[Tensor, Tensor]]
+) -> Tensor | None:
+    """``dX + dXA A + sum_j dY_j W_j``, each GEMM accumulating onto ``dX`` in its epilogue.
+
+    ``lora`` is ``(dXA, A)`` (scales already in ``dXA``) or None; ``base`` yields ``(dY_j, W_j)``
+    one at a time (a 4-bit ``W_j`` is dequantized as it is reached and freed after). When
+    ``dX`` starts empty and ``_gemm`` applies, the first base GEMM adds ``dXA A`` in its own
+    epilogue; otherwise ``dXA A`` comes first."""
+    for dY, W in base:
+        if dX is None and lora is not None and fusable(dY, W, *lora):
+            dX, lora = lora_matmul(dY, W, *lora, 1.0, w_kn=True), None
+        else:
+            if lora is not None:
+                dX = lora[0] @ lora[1] if dX is None else dX.addmm_(*lora)
+                lora = None
+            dX = dY @ W if dX is None else dX.addmm_(dY, W)
+        del dY, W
+    return dX
 
 
 def _project(
@@ -291,20 +316,26 @@ def backward_input(
                 dX = term if dX is None else dX.add_(term)
         base_dYs.append(base_dY)
         grads.append(Proj(None, dbias, tuple(adapter_grads)))
+    lora = None  # the last (dXA, A) term, for input_grad to fuse into the first base GEMM
     for terms in lora_dX.values():
+        if lora is not None:
+            dX = lora[0] @ lora[1] if dX is None else dX.addmm_(*lora)
         if len(terms) == 1:
             ((dXA, A),) = terms
         else:
             dXA = torch.cat([t for t, _ in terms], dim=1)
             A = torch.cat([A for _, A in terms])
-        dXA, A = to(dXA, X_dtype), to(A, X_dtype)
-        dX = dXA @ A if dX is None else dX.addmm_(dXA, A)
-    if want_dX:  # the base GEMMs last, each accumulating onto dX in its epilogue
-        for p, layout, base_dY in zip(projs, layouts, base_dYs, strict=True):
-            W = base_weight(p.W, layout.quant_state, X_dtype)
-            dX = base_dY @ W if dX is None else dX.addmm_(base_dY, W)
-            del W
+        lora = (to(dXA, X_dtype), to(A, X_dtype))
+    if want_dX:
+        dX = input_grad(dX, lora, _base_terms(projs, layouts, base_dYs, X_dtype))
     return dX, grads, pending
+
+
+def _base_terms(
+    projs: Sequence[Proj], layouts: Sequence[Layout], dYs: Sequence[Tensor], dtype: torch.dtype
+) -> Iterator[tuple[Tensor, Tensor]]:
+    for p, layout, dY in zip(projs, layouts, dYs, strict=True):
+        yield dY, base_weight(p.W, layout.quant_state, dtype)
 
 
 def grad_A(

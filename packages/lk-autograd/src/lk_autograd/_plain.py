@@ -5,10 +5,11 @@ Each projection ``j`` has one adapter without dropout, DoRA or a LoRA bias, in `
 ``[o_j, k]`` (or bnb 4-bit), ``A_j`` ``[r_j, k]``, ``B_j`` ``[o_j, r_j]``::
 
     XA = X [A_1; A_2; ...]^T  (one GEMM, split by rank)
-    Y_j = s_j XA_j B_j^T + X W_j^T + bias_j          (LoRA term first, the base GEMM onto it)
+    Y_j = s_j XA_j B_j^T + X W_j^T + bias_j          (_linear.lora_first)
 
     dB_j = s_j dY_j^T XA_j      dXA_j = s_j dY_j B_j      dbias_j = sum_N dY_j
-    dX = [dXA_1, ...] [A_1; ...] + sum_j dY_j W_j       [dA_1; ...] = [dXA_1, ...]^T X
+    dX = [dXA_1, ...] [A_1; ...] + sum_j dY_j W_j       (_linear.input_grad)
+    [dA_1; ...] = [dXA_1, ...]^T X
 
 which is what ``_linear`` computes for such projections, op for op; only the Python around
 the ops is shorter (no packing into per-adapter tuples, no dtype groups; about 30% less
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ._args import dropout_active
-from ._linear import base_weight, lora_first, scaled_mm
+from ._linear import base_weight, input_grad, lora_first, scaled_mm
 from ._params import LoraParams
 
 
@@ -100,9 +101,11 @@ def backward(ctx: Any, dYs: Sequence[Tensor]) -> tuple[Any, ...]:
     dX = None
     if need[0]:
         As = flat[2::4]
-        dX = dXA @ (As[0] if n == 1 else torch.cat(As))
-        for j, (dY, quant_state) in enumerate(zip(dYs, plan.quant_states, strict=True)):
-            dX.addmm_(dY, base_weight(flat[4 * j], quant_state, X.dtype))
+        base = (
+            (dY, base_weight(flat[4 * j], quant_state, X.dtype))
+            for j, (dY, quant_state) in enumerate(zip(dYs, plan.quant_states, strict=True))
+        )
+        dX = input_grad(None, (dXA, As[0] if n == 1 else torch.cat(As)), base)
     if any(need_A):
         dA = dXA.t() @ X
         for j, dA_j in enumerate(dA.split(plan.ranks) if n > 1 else (dA,)):

@@ -1,0 +1,97 @@
+"""``_gemm.lora_matmul`` (the LoRA term in the base GEMM's epilogue) and its use by the Functions.
+
+The kernel runs on NVIDIA sm_90+ only; these tests skip elsewhere. Run on the device:
+``uv run pytest tests/autograd -m gpu -q``.
+"""
+
+import copy
+
+import pytest
+import torch
+
+import lk_autograd._linear as linear
+from lk_autograd import _gemm
+
+from .models import compare, make_model
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not (
+            torch.cuda.is_available()
+            and torch.version.hip is None
+            and torch.cuda.get_device_capability()[0] >= 9
+        ),
+        reason="lora_matmul needs an NVIDIA sm_90+ GPU",
+    ),
+]
+
+
+def _case(M, N, K, r, w_kn, dtype, view):
+    dev = "cuda"
+    X = torch.randn(M, K, device=dev, dtype=dtype)
+    W = torch.randn(*((K, N) if w_kn else (N, K)), device=dev, dtype=dtype) / K**0.5
+    XA = torch.randn(M, 3 * r if view else r, device=dev, dtype=dtype)
+    XA = XA[:, r : 2 * r] if view else XA  # a column slice, as _plain's split of X [A_1; ...]^T
+    U = torch.randn(*((r, N) if w_kn else (N, r)), device=dev, dtype=dtype)
+    return X, W, XA, U
+
+
+def _rel(Y: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((Y.double() - ref).norm() / ref.norm()).item()
+
+
+@pytest.mark.parametrize(
+    "M, N, K, r, s",
+    [(130, 264, 72, 8, 2.0), (37, 48, 520, 24, 0.3), (300, 520, 64, 64, 1.0)],
+    ids=["tails", "rank24-k520", "rank64"],
+)
+@pytest.mark.parametrize("w_kn", [False, True], ids=["XWt", "XW"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("view", [False, True], ids=["contiguous", "slice"])
+def test_lora_matmul_against_float64(M, N, K, r, s, w_kn, dtype, view):
+    """Against float64: no worse than cuBLAS's LoRA-first pair, which rounds the LoRA term to
+    ``dtype`` before the base GEMM adds onto it (the fused kernel never does)."""
+    X, W, XA, U = _case(M, N, K, r, w_kn, dtype, view)
+    assert _gemm.fusable(X, W, XA, U)
+    Wm, Um = (W, U) if w_kn else (W.t(), U.t())
+    ref = X.double() @ Wm.double() + s * (XA.double() @ Um.double())
+    pair = torch.addmm(XA @ Um, X, Wm, beta=s)
+    err = _rel(_gemm.lora_matmul(X, W, XA, U, s, w_kn), ref)
+    assert err <= 1.25 * _rel(pair, ref) + 1e-4, (err, _rel(pair, ref))
+
+
+def test_fusable_rejects():
+    """Every layout the kernel cannot take goes to cuBLAS."""
+    X, W, XA, U = _case(64, 64, 64, 16, False, torch.bfloat16, False)
+    assert _gemm.fusable(X, W, XA, U)
+    assert not _gemm.fusable(X.float(), W.float(), XA.float(), U.float())  # 32-bit
+    assert not _gemm.fusable(X, W, XA, U.float())  # mixed dtypes
+    assert not _gemm.fusable(X, W, XA[:, :12], U[:, :12])  # rank not a multiple of 8
+    big = torch.randn(64, 128, device=X.device, dtype=X.dtype)
+    assert not _gemm.fusable(X, W, big, torch.randn(64, 128, device=X.device, dtype=X.dtype))
+    assert not _gemm.fusable(X[:, 1:63], W[:, 1:63], XA, U)  # base not 16-byte aligned
+    assert not _gemm.fusable(X, W.t(), XA, U)  # a transposed (column-major) operand
+
+
+@pytest.mark.parametrize("block", ["mlp", "qkv", "o"])
+def test_functions_take_the_fused_gemm(block, monkeypatch):
+    """bf16 adapters of rank 8 on 8-aligned shapes: every projection's forward and the input
+    gradients go through ``lora_matmul``, and the block still matches PEFT in float64."""
+    dev = "cuda"
+    calls = []
+    real = _gemm.lora_matmul
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["w_kn"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(linear, "lora_matmul", counting)
+    model = make_model(torch.bfloat16, r=8, autocast_adapter_dtype=False).to(dev)
+    ref = copy.deepcopy(model).double()
+    X = torch.randn(4, 40, 16, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    errs = compare(block, model, X, ref_model=ref, ref_X=X.detach().double().requires_grad_())
+    assert max(errs.values()) < 2e-2, errs
+    forwards = {"mlp": 3, "qkv": 3, "o": 1}[block]
+    backwards = {"mlp": 2, "qkv": 1, "o": 1}[block]  # dh, then dX (gate's GEMM takes the term)
+    assert calls.count(False) == forwards and calls.count(True) == backwards, calls
