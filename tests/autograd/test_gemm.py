@@ -27,6 +27,12 @@ pytestmark = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _small_outputs_fuse(monkeypatch):
+    """The tests' outputs are below ``_MIN_OUTPUT``; fuse them anyway."""
+    monkeypatch.setattr(_gemm, "_MIN_OUTPUT", 0)
+
+
 def _case(M, N, K, r, w_kn, dtype, view):
     dev = "cuda"
     X = torch.randn(M, K, device=dev, dtype=dtype)
@@ -61,9 +67,13 @@ def test_lora_matmul_against_float64(M, N, K, r, s, w_kn, dtype, view):
     assert err <= 1.25 * _rel(pair, ref) + 1e-4, (err, _rel(pair, ref))
 
 
-def test_fusable_rejects():
-    """Every layout the kernel cannot take goes to cuBLAS."""
+def test_fusable_rejects(monkeypatch):
+    """Every layout the kernel cannot take, and outputs too small to pay, go to cuBLAS."""
     X, W, XA, U = _case(64, 64, 64, 16, False, torch.bfloat16, False)
+    assert _gemm.fusable(X, W, XA, U)
+    monkeypatch.setattr(_gemm, "_MIN_OUTPUT", 64 * 64 + 1)
+    assert not _gemm.fusable(X, W, XA, U)
+    monkeypatch.setattr(_gemm, "_MIN_OUTPUT", 64 * 64)
     assert _gemm.fusable(X, W, XA, U)
     assert not _gemm.fusable(X.float(), W.float(), XA.float(), U.float())  # 32-bit
     assert not _gemm.fusable(X, W, XA, U.float())  # mixed dtypes

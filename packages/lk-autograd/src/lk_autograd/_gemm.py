@@ -37,6 +37,11 @@ _DTYPES = (torch.bfloat16, torch.float16)
 # (the cuBLAS LoRA-first pair: 1.10-1.27x); rank 128 needs two pipeline stages and runs at
 # 1.36-1.44x, slower than the pair, so it stays on cuBLAS.
 _MAX_RANK = 64
+# A launch with five TMA descriptors costs ~45 us more host time than cuBLAS's pair (H200
+# host, 88 vs 37 us per call), and the pass it saves is worth ~7 us of GPU on an 8192x1024
+# output (k/v) but ~60 us on 8192x4096 (q, o) and ~150-300 us on 8192x14336 (the MLP).
+# Smaller outputs stay on cuBLAS.
+_MIN_OUTPUT = 1 << 25
 
 
 @functools.cache
@@ -57,16 +62,19 @@ def _aligned(t: Tensor) -> bool:
 
 
 def fusable(X: Tensor, W: Tensor, XA: Tensor, U: Tensor) -> bool:
-    """True when ``lora_matmul`` can run on these tensors: NVIDIA sm_90+, eager (torch.compile
-    keeps cuBLAS), one 16-bit dtype, a rank that is a multiple of 8 up to ``_MAX_RANK``,
-    TMA-aligned 2-D layouts. (Not under ``TRITON_INTERPRET=1``: Triton 3.9's interpreter
-    loads bf16 through TMA descriptors wrongly, and 3.6's cannot run the persistent loop.)"""
+    """True when ``lora_matmul`` can and should run on these tensors: NVIDIA sm_90+, eager
+    (torch.compile keeps cuBLAS), one 16-bit dtype, a rank that is a multiple of 8 up to
+    ``_MAX_RANK``, TMA-aligned 2-D layouts, an output of at least ``_MIN_OUTPUT`` elements.
+    (Not under ``TRITON_INTERPRET=1``: Triton 3.9's interpreter loads bf16 through TMA
+    descriptors wrongly, and 3.6's cannot run the persistent loop.)"""
     if triton is None or not X.is_cuda or torch.compiler.is_compiling():
         return False
     if X.dtype not in _DTYPES or not X.dtype == W.dtype == XA.dtype == U.dtype:
         return False
     r = XA.shape[1]
-    if r % 8 or r > _MAX_RANK or not all(_aligned(t) for t in (X, W, XA, U)):
+    if r % 8 or r > _MAX_RANK or X.shape[0] * (U.numel() // r) < _MIN_OUTPUT:  # M x N
+        return False
+    if not all(_aligned(t) for t in (X, W, XA, U)):
         return False
     return _has_tma(X.device.index or 0)
 
