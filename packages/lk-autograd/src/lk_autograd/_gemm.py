@@ -29,9 +29,7 @@ try:
     import triton
     import triton.language as tl
     from triton.tools.tensor_descriptor import TensorDescriptor
-
-    from lk_triton._kernels import GELU_ERF, GELU_TANH, SILU, activation_and_derivative
-except ImportError:  # triton is a Linux-only dependency: cuBLAS runs everything instead
+except ImportError:  # pragma: no cover - lk-triton depends on triton; kept for clear errors
     triton = None
 
 _DTYPES = (torch.bfloat16, torch.float16)
@@ -81,78 +79,42 @@ def fusable(X: Tensor, W: Tensor, XA: Tensor, U: Tensor) -> bool:
     return _has_tma(X.device.index or 0)
 
 
-_BM, _BN, _BK = 128, 256, 64  # three stages: 1.02x cuBLAS on 8192x14336x4096 on an H200
-
-
-def _rank_block(r: int) -> int:
-    """The LoRA tiles' width: ``tl.dot`` needs 16+; TMA zero-fills the columns past ``r``."""
-    return max(16, triton.next_power_of_2(r))
-
-
-def _operands(X: Tensor, W: Tensor, XA: Tensor, U: Tensor, w_kn: bool) -> list:
-    """TMA descriptors of the GEMM's operands, in ``_lora_acc``'s order."""
-    R = _rank_block(XA.shape[1])
-    return [
-        TensorDescriptor.from_tensor(X, [_BM, _BK]),
-        TensorDescriptor.from_tensor(W, [_BK, _BN] if w_kn else [_BN, _BK]),
-        TensorDescriptor.from_tensor(XA, [_BM, R]),
-        TensorDescriptor.from_tensor(U, [R, _BN] if w_kn else [_BN, R]),
-    ]
-
-
-def _launch(kernel, X: Tensor, N: int, operands: list, outputs: list, s: float, **meta) -> None:
-    n_sm = _sm_count(X.device.index or 0)
-    tiles = triton.cdiv(X.shape[0], _BM) * triton.cdiv(N, _BN)
-    kernel[(min(n_sm, tiles),)](
-        *operands, *outputs, X.shape[0], N, X.shape[1], s,
-        BM=_BM, BN=_BN, BK=_BK, GROUP_M=8, N_SM=n_sm, SCALE=s != 1, num_stages=3, num_warps=8,
-        **meta,
-    )  # fmt: skip
-
-
-def gated_fusable(dY: Tensor, W: Tensor, dXA: Tensor, A: Tensor, e: Tensor, g: Tensor) -> bool:
-    """``fusable`` for ``lora_matmul_gated_backward``, whose ``e`` and ``g`` match ``dY W``."""
-    shape = (dY.shape[0], W.shape[1])
-    if not (e.shape == g.shape == shape and e.dtype == g.dtype == dY.dtype):
-        return False
-    return fusable(dY, W, dXA, A) and _aligned(e) and _aligned(g)
-
-
 def lora_matmul(X: Tensor, W: Tensor, XA: Tensor, U: Tensor, s: float, w_kn: bool) -> Tensor:
     """``X W^T + s XA U^T`` (``w_kn=False``) or ``X W + s XA U`` (``w_kn=True``); see the module
     docstring. The caller checks ``fusable`` first."""
+    M, K = X.shape
     N = W.shape[1] if w_kn else W.shape[0]
-    Y = torch.empty(X.shape[0], N, device=X.device, dtype=X.dtype)
-    out = [TensorDescriptor.from_tensor(Y, [_BM, _BN // 2])]
-    _launch(_kernel, X, N, _operands(X, W, XA, U, w_kn), out, s, W_KN=w_kn)
+    r = XA.shape[1]
+    R = max(16, triton.next_power_of_2(r))
+    # 128x256 tiles, three stages: 1.02x cuBLAS on the bare 8192x14336x4096 GEMM on an H200.
+    BM, BN, BK = 128, 256, 64
+    Y = torch.empty(M, N, device=X.device, dtype=X.dtype)
+    n_sm = _sm_count(X.device.index or 0)
+    tiles = triton.cdiv(M, BM) * triton.cdiv(N, BN)
+    _kernel[(min(n_sm, tiles),)](
+        TensorDescriptor.from_tensor(X, [BM, BK]),
+        TensorDescriptor.from_tensor(W, [BK, BN] if w_kn else [BN, BK]),
+        TensorDescriptor.from_tensor(XA, [BM, R]),
+        TensorDescriptor.from_tensor(U, [R, BN] if w_kn else [BN, R]),
+        TensorDescriptor.from_tensor(Y, [BM, BN // 2]),
+        M,
+        N,
+        K,
+        s,
+        BM=BM,
+        BN=BN,
+        BK=BK,
+        GROUP_M=8,
+        N_SM=n_sm,
+        W_KN=w_kn,
+        SCALE=s != 1,
+        num_stages=3,
+        num_warps=8,
+    )
     return Y
 
 
-def lora_matmul_gated_backward(
-    dY: Tensor, W: Tensor, dXA: Tensor, A: Tensor, e: Tensor, g: Tensor, activation: str,
-    in_place: bool,
-) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """``(h, de, dg)`` of ``h = act(e) * g`` from ``dh = dY W + dXA A``, ``dh`` never stored.
-
-    The down projection's input gradient and the gated activation's backward in one kernel:
-    each ``[128, 256]`` tile of ``dh`` stays in fp32 registers while the kernel loads the same
-    tile of ``e`` and ``g`` and stores ``h = act(e) g`` (``down``'s ``dA`` needs it),
-    ``de = dh g act'(e)`` and ``dg = dh act(e)``, a quarter tile at a time. That saves the
-    write and the read of ``dh`` against ``lora_matmul`` plus ``lk_triton``'s backward.
-    ``activation`` is ``silu``, ``gelu`` or ``gelu_tanh``. With ``in_place``, ``de`` and
-    ``dg`` overwrite ``e`` and ``g`` (each tile is read before it is written, by one program).
-    """
-    N = W.shape[1]
-    h = torch.empty_like(e)
-    de, dg = (e, g) if in_place else (torch.empty_like(e), torch.empty_like(g))
-    out = [TensorDescriptor.from_tensor(t, [_BM, _BN // 4]) for t in (e, g, h, de, dg)]
-    _launch(_gated_backward_kernel, dY, N, _operands(dY, W, dXA, A, True), out, 1.0,
-            ACTIVATION=_ACTIVATION_ID[activation])  # fmt: skip
-    return h, de, dg
-
-
 if triton is not None:
-    _ACTIVATION_ID = {"silu": SILU.value, "gelu": GELU_ERF.value, "gelu_tanh": GELU_TANH.value}
 
     @triton.jit
     def _tile(tile, n_in_group, n_m, GROUP_M: tl.constexpr):
@@ -162,76 +124,44 @@ if triton is not None:
         return first_m + (tile % size_m), (tile % n_in_group) // size_m
 
     @triton.jit
-    def _lora_acc(x_desc, w_desc, xa_desc, u_desc, om, on, K, s,
-                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                  W_KN: tl.constexpr, SCALE: tl.constexpr):  # fmt: skip
-        """One output tile, fp32: the base GEMM's K loop, then ``s XA U^T`` (or ``s XA U``)."""
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for k in range(tl.cdiv(K, BK)):
-            x = x_desc.load([om, k * BK])
-            if W_KN:
-                acc = tl.dot(x, w_desc.load([k * BK, on]), acc)
-            else:
-                acc = tl.dot(x, w_desc.load([on, k * BK]).T, acc)
-        xa = xa_desc.load([om, 0])
-        if SCALE:
-            xa = (xa.to(tl.float32) * s).to(xa.dtype)
-        if W_KN:
-            acc = tl.dot(xa, u_desc.load([0, on]), acc)
-        else:
-            acc = tl.dot(xa, u_desc.load([on, 0]).T, acc)
-        return acc
-
-    @triton.jit
-    def _halves(t, BM: tl.constexpr, BN: tl.constexpr):
-        """A ``[BM, BN]`` tile's left and right column halves."""
-        return tl.split(tl.permute(tl.reshape(t, (BM, 2, BN // 2)), (0, 2, 1)))
-
-    @triton.jit
     def _kernel(
-        x_desc, w_desc, xa_desc, u_desc, y_desc, M, N, K, s,
-        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
-        N_SM: tl.constexpr, W_KN: tl.constexpr, SCALE: tl.constexpr,
-    ):  # fmt: skip
+        x_desc,
+        w_desc,
+        xa_desc,
+        u_desc,
+        y_desc,
+        M,
+        N,
+        K,
+        s,
+        BM: tl.constexpr,
+        BN: tl.constexpr,
+        BK: tl.constexpr,
+        GROUP_M: tl.constexpr,
+        N_SM: tl.constexpr,
+        W_KN: tl.constexpr,
+        SCALE: tl.constexpr,
+    ):
         n_m = tl.cdiv(M, BM)
         n_in_group = GROUP_M * tl.cdiv(N, BN)
         for tile in tl.range(tl.program_id(0), n_m * tl.cdiv(N, BN), N_SM, flatten=True):
             pm, pn = _tile(tile, n_in_group, n_m, GROUP_M)
             om, on = pm * BM, pn * BN
-            acc = _lora_acc(x_desc, w_desc, xa_desc, u_desc, om, on, K, s, BM, BN, BK, W_KN, SCALE)
+            acc = tl.zeros((BM, BN), dtype=tl.float32)
+            for k in range(tl.cdiv(K, BK)):
+                x = x_desc.load([om, k * BK])
+                if W_KN:
+                    acc = tl.dot(x, w_desc.load([k * BK, on]), acc)
+                else:
+                    acc = tl.dot(x, w_desc.load([on, k * BK]).T, acc)
+            xa = xa_desc.load([om, 0])
+            if SCALE:
+                xa = (xa.to(tl.float32) * s).to(xa.dtype)
+            if W_KN:
+                acc = tl.dot(xa, u_desc.load([0, on]), acc)
+            else:
+                acc = tl.dot(xa, u_desc.load([on, 0]).T, acc)
             # Two half-width stores: half the shared-memory staging of one full-tile store.
-            left, right = _halves(acc, BM, BN)
+            left, right = tl.split(tl.permute(tl.reshape(acc, (BM, 2, BN // 2)), (0, 2, 1)))
             y_desc.store([om, on], left.to(y_desc.dtype))
             y_desc.store([om, on + BN // 2], right.to(y_desc.dtype))
-
-    @triton.jit
-    def _gated_quarter(dh, om, on, e_desc, g_desc, h_desc, de_desc, dg_desc,
-                       ACTIVATION: tl.constexpr):  # fmt: skip
-        e = e_desc.load([om, on]).to(tl.float32)
-        g = g_desc.load([om, on]).to(tl.float32)
-        a, da = activation_and_derivative(e, ACTIVATION)
-        h_desc.store([om, on], (a * g).to(h_desc.dtype))
-        de_desc.store([om, on], (dh * g * da).to(de_desc.dtype))
-        dg_desc.store([om, on], (dh * a).to(dg_desc.dtype))
-
-    @triton.jit
-    def _gated_backward_kernel(
-        x_desc, w_desc, xa_desc, u_desc, e_desc, g_desc, h_desc, de_desc, dg_desc, M, N, K, s,
-        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
-        N_SM: tl.constexpr, SCALE: tl.constexpr, ACTIVATION: tl.constexpr,
-    ):  # fmt: skip
-        n_m = tl.cdiv(M, BM)
-        n_in_group = GROUP_M * tl.cdiv(N, BN)
-        Q: tl.constexpr = BN // 4
-        for tile in tl.range(tl.program_id(0), n_m * tl.cdiv(N, BN), N_SM, flatten=True):
-            pm, pn = _tile(tile, n_in_group, n_m, GROUP_M)
-            om, on = pm * BM, pn * BN
-            dh = _lora_acc(x_desc, w_desc, xa_desc, u_desc, om, on, K, s, BM, BN, BK, True, SCALE)
-            left, right = _halves(dh, BM, BN)
-            q0, q1 = _halves(left, BM, BN // 2)
-            q2, q3 = _halves(right, BM, BN // 2)
-            descs = (e_desc, g_desc, h_desc, de_desc, dg_desc)
-            _gated_quarter(q0, om, on, *descs, ACTIVATION)
-            _gated_quarter(q1, om, on + Q, *descs, ACTIVATION)
-            _gated_quarter(q2, om, on + 2 * Q, *descs, ACTIVATION)
-            _gated_quarter(q3, om, on + 3 * Q, *descs, ACTIVATION)

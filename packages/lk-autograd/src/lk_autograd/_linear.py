@@ -260,14 +260,6 @@ class Pending(NamedTuple):
     dXA: Tensor
 
 
-class InputGradTerms(NamedTuple):
-    """``dX``'s GEMMs, not yet run: ``input_grad``'s arguments (``base`` may be one-shot)."""
-
-    dX: Tensor | None
-    lora: tuple[Tensor, Tensor] | None
-    base: Iterable[tuple[Tensor, Tensor]]
-
-
 def backward_input(
     projs: Sequence[Proj],
     layouts: Sequence[Layout],
@@ -278,20 +270,6 @@ def backward_input(
     X_dtype: torch.dtype,
 ) -> tuple[Tensor | None, list[Proj], list[Pending]]:
     """``dX`` (if wanted), every gradient but ``dA``, and the ``dXA`` that ``dA`` needs."""
-    terms, grads, pending = backward_terms(projs, layouts, saved, dYs, needs, want_dX, X_dtype)
-    return (None if terms is None else input_grad(*terms)), grads, pending
-
-
-def backward_terms(
-    projs: Sequence[Proj],
-    layouts: Sequence[Layout],
-    saved: Sequence[Saved],
-    dYs: Sequence[Tensor],
-    needs: Sequence[Proj],
-    want_dX: bool,
-    X_dtype: torch.dtype,
-) -> tuple[InputGradTerms | None, list[Proj], list[Pending]]:
-    """``backward_input`` with ``dX``'s last GEMMs left to the caller (None if not wanted)."""
     dX: Tensor | None = None
     grads: list[Proj] = []
     pending: list[Pending] = []
@@ -348,9 +326,9 @@ def backward_terms(
             dXA = torch.cat([t for t, _ in terms], dim=1)
             A = torch.cat([A for _, A in terms])
         lora = (to(dXA, X_dtype), to(A, X_dtype))
-    if not want_dX:
-        return None, grads, pending
-    return InputGradTerms(dX, lora, _base_terms(projs, layouts, base_dYs, X_dtype)), grads, pending
+    if want_dX:
+        dX = input_grad(dX, lora, _base_terms(projs, layouts, base_dYs, X_dtype))
+    return dX, grads, pending
 
 
 def _base_terms(

@@ -12,7 +12,6 @@ import lk_triton  # registers the torch.ops.lk_triton custom ops
 
 from . import _linear as L
 from ._args import apply_args, autocast_dtype, no_autocast, output, read
-from ._gemm import gated_fusable, lora_matmul_gated_backward
 
 # LoRA_MLP's activation names -> lk_triton's. Under torch.compile the kernels run behind
 # lk_triton's custom ops, which keep fullgraph=True tracing on every path (CUDA, CPU, interpreter).
@@ -37,19 +36,6 @@ def _saved_dead_after_backward() -> bool:
     without ``retain_graph`` / ``create_graph`` (never while torch.compile traces one)."""
     keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
     return keep_graph is not None and not torch.compiler.is_compiling() and not keep_graph()
-
-
-def _fused_dh(
-    terms: L.InputGradTerms, e: Tensor, g: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
-    """``(dY, W_down, dXA, A)`` when ``dh``'s GEMM and the activation backward can be one kernel
-    (``_gemm.lora_matmul_gated_backward``): no dropout term, one LoRA term, ``_gemm`` applies."""
-    if terms.dX is not None or terms.lora is None:
-        return None
-    ((dY, W),) = terms.base  # the down projection's one base GEMM
-    if not gated_fusable(dY, W, *terms.lora, e, g):
-        return None
-    return dY, W, *terms.lora
 
 
 class LoRA_MLP(torch.autograd.Function):
@@ -97,28 +83,20 @@ class LoRA_MLP(torch.autograd.Function):
         need_X = ctx.needs_input_grad[0]
         need_gate, need_up, need_down = L.unpack(layouts, ctx.needs_input_grad[3:])
         with no_autocast(X.device.type):
-            terms, (g_down,), pending = L.backward_terms(
+            dh, (g_down,), pending = L.backward_input(
                 [down], layouts[2:], saved_down, [dY], [need_down], True, X.dtype
             )
-            terms = terms._replace(base=list(terms.base))  # read twice; dequantizes a 4-bit W
-            # When the graph dies with this backward, de and dg overwrite e and g (two [N, I]
-            # fewer alive); a second backward (retain_graph) must still read them, so then not.
-            in_place = _saved_dead_after_backward()
-            fused = _fused_dh(terms, e, g)
-            if fused is not None:  # dh = dY W_down + dXA A_down never leaves the GEMM's tiles
-                h, de, dg = lora_matmul_gated_backward(
-                    *fused, e, g, _KERNEL_ACTIVATION[ctx.activation], in_place
-                )
+            # dh is ours (not saved): h is written into its buffer, one [N, I] fewer alive.
+            # When the graph dies with this backward, de and dg overwrite e and g too (two
+            # fewer); a second backward (retain_graph) must still read them, so then not.
+            h = dh.contiguous()
+            del dh
+            if _saved_dead_after_backward():
+                _, de, dg = _INPLACE_BACKWARD[ctx.activation](h, e, g)
             else:
-                # dh is ours (not saved): h is written into its buffer, one [N, I] fewer alive
-                h = L.input_grad(*terms).contiguous()
-                if in_place:
-                    _, de, dg = _INPLACE_BACKWARD[ctx.activation](h, e, g)
-                else:
-                    de, dg = torch.ops.lk_triton.gated_recompute_backward_(
-                        h, e, g, _KERNEL_ACTIVATION[ctx.activation]
-                    )
-            del terms, fused  # W_down (a dequantized copy, if 4-bit)
+                de, dg = torch.ops.lk_triton.gated_recompute_backward_(
+                    h, e, g, _KERNEL_ACTIVATION[ctx.activation]
+                )
             (g_down,) = L.grad_A(h, [down], pending, [g_down])
             del h
             dX, grads, pending = L.backward_input(

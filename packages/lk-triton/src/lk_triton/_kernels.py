@@ -2,8 +2,6 @@
 
 The kernels see the tensors as flat, contiguous arrays: the caller guarantees that. Math
 runs in float32 (float64 for float64 tensors) and is rounded once on store.
-``activation_and_derivative`` and the activation ids are also lk-autograd's, in the epilogue
-of its fused GEMM (``lk_autograd._gemm``).
 """
 
 import triton
@@ -20,7 +18,7 @@ _TANH_CUBIC: tl.constexpr = tl.constexpr(0.044715)
 
 
 @triton.jit
-def activation_and_derivative(g, ACTIVATION: tl.constexpr):
+def _activation_and_derivative(g, ACTIVATION: tl.constexpr):
     """Return ``(act(g), act'(g))`` for the selected activation."""
     if ACTIVATION == SILU:
         s = tl.sigmoid(g)
@@ -65,7 +63,7 @@ def gated_forward_kernel(
     compute = tl.float64 if FP64 else tl.float32
     g = tl.load(gate_ptr + offsets, mask=mask).to(compute)
     u = tl.load(up_ptr + offsets, mask=mask).to(compute)
-    a, _ = activation_and_derivative(g, ACTIVATION)
+    a, _ = _activation_and_derivative(g, ACTIVATION)
     tl.store(h_ptr + offsets, (a * u).to(h_ptr.dtype.element_ty), mask=mask)
 
 
@@ -95,7 +93,7 @@ def gated_backward_kernel(
     dh = tl.load(dh_ptr + offsets, mask=mask).to(compute)
     g = tl.load(gate_ptr + offsets, mask=mask).to(compute)
     u = tl.load(up_ptr + offsets, mask=mask).to(compute)
-    a, da = activation_and_derivative(g, ACTIVATION)
+    a, da = _activation_and_derivative(g, ACTIVATION)
     if STORE_H:
         tl.store(h_out_ptr + offsets, (a * u).to(h_out_ptr.dtype.element_ty), mask=mask)
     tl.store(dgate_out_ptr + offsets, (dh * u * da).to(dgate_out_ptr.dtype.element_ty), mask=mask)
