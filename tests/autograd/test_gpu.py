@@ -79,11 +79,18 @@ def test_cuda_torch_compile(backend):
     assert max(errs.values()) < 1e-5, errs
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["cublas", "fused_gemm"])
 @pytest.mark.parametrize("retain", [False, True], ids=["freed_graph", "retain_graph"])
-def test_cuda_mlp_backward_memory(retain):
+def test_cuda_mlp_backward_memory(retain, fused, monkeypatch):
     """Memory the MLP backward allocates beyond what the forward left, in [N, I] buffers: h
     reuses dh's buffer always; de and dg reuse e and g's only when the graph dies with the
-    backward (about 1 buffer), not under retain_graph (about 3: h, de, dg)."""
+    backward (about 1 buffer), not under retain_graph (about 3: h, de, dg). The same whether
+    the GEMMs are cuBLAS's or ``_gemm``'s."""
+    from lk_autograd import _gemm
+
+    monkeypatch.setattr(_gemm, "_MIN_OUTPUT", 0 if fused else 1 << 62)
+    if fused and not _gemm.fusable(*(torch.zeros(8, 8, device="cuda", dtype=torch.bfloat16),) * 4):
+        pytest.skip("the fused GEMM needs an NVIDIA sm_90+ GPU")
     n, d, inter = 4096, 256, 4096
     model = Block(d, inter, heads=2, kv=1, hd=128)
     cfg = LoraConfig(r=8, target_modules=list(MLP), init_lora_weights=False)
