@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="micro: each configuration N times, median ratios")  # fmt: skip
     ap.add_argument("--fp32-adapters", action="store_true",
                     help="micro: PEFT's default autocast_adapter_dtype=True")  # fmt: skip
+    ap.add_argument("--no-fused-gemm", action="store_true",
+                    help="ours on cuBLAS only (set_fused_gemm(False)), a control")  # fmt: skip
     ap.add_argument("--out", type=Path, metavar="DIR")
     ap.add_argument("--smoke", action="store_true", help="check the scripts, quickly")
     args = ap.parse_args(argv)
@@ -181,6 +183,7 @@ def title(payload: dict) -> str:
     else:
         what = "LoRA r=16 training step"
     what += " (smoke)" if payload["smoke"] else ""
+    what += ", ours on cuBLAS only" if env.get("fused_gemm") is False else ""
     return f"{what}, {payload['tokens']} tokens, {where}, torch {env['torch']}, {env['date_utc']}"
 
 
@@ -304,13 +307,17 @@ def save(payload: dict, out: Path) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Run the chosen suites, write each one's JSON and chart, then print the tables."""
+    import lk_autograd
+
+    lk_autograd.set_fused_gemm(not args.no_fused_gemm)
     suites = ("micro", "model") if args.suite == "all" else (args.suite,)
     runners = {"micro": run_micro, "model": run_model}
     payloads = []
     for suite in suites:
         measured = runners[suite](args)
         if measured is not None:
-            payloads.append({"env": environment(), **measured})
+            env = {**environment(), "fused_gemm": not args.no_fused_gemm}
+            payloads.append({"env": env, **measured})
             save(payloads[-1], output_dir(args))
     for payload in payloads:
         print_table(payload)

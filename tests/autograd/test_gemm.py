@@ -84,6 +84,18 @@ def test_fusable_rejects(monkeypatch):
     assert not _gemm.fusable(X, W.t(), XA, U)  # a transposed (column-major) operand
 
 
+def test_set_fused_gemm_turns_it_off():
+    import lk_autograd
+
+    X, W, XA, U = _case(64, 64, 64, 16, False, torch.bfloat16, False)
+    lk_autograd.set_fused_gemm(False)
+    try:
+        assert not _gemm.fusable(X, W, XA, U)
+    finally:
+        lk_autograd.set_fused_gemm(True)
+    assert _gemm.fusable(X, W, XA, U)
+
+
 @pytest.mark.parametrize("block", ["mlp", "qkv", "o"])
 def test_functions_take_the_fused_gemm(block, monkeypatch):
     """bf16 adapters of rank 8 on 8-aligned shapes: every projection's forward and the input

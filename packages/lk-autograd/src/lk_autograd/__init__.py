@@ -3,10 +3,12 @@
 ``apply_lora_mlp``, ``apply_lora_qkv`` and ``apply_lora_o`` take the module holding the
 projections; ``lora_params`` reads a PEFT LoRA layer and ``can_fuse`` says why a layer cannot
 take the fused path (then the entry points run PEFT's own forwards and warn once per module
-and reason with a ``FallbackWarning``).
+and reason with a ``FallbackWarning``). On NVIDIA sm_90+ GPUs, a projection's base GEMM adds its
+16-bit LoRA term in its epilogue (one Triton kernel); ``set_fused_gemm(False)`` keeps cuBLAS.
 """
 
 from ._args import FallbackWarning
+from ._gemm import set_fused_gemm
 from ._mlp import LoRA_MLP, apply_lora_mlp
 from ._o import LoRA_O, apply_lora_o
 from ._params import LoraAdapter, LoraParams, can_fuse, lora_params
@@ -24,4 +26,5 @@ __all__ = [
     "apply_lora_qkv",
     "can_fuse",
     "lora_params",
+    "set_fused_gemm",
 ]

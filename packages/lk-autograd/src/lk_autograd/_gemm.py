@@ -44,6 +44,17 @@ _MAX_RANK = 64
 _MIN_OUTPUT = 1 << 25
 
 
+_enabled = True
+
+
+def set_fused_gemm(enabled: bool) -> None:
+    """Turn the fused LoRA GEMM on (the default) or off for the whole process; off, every
+    projection takes cuBLAS's pair (``_linear.lora_first``): a control for benchmarks and an
+    escape hatch. Both compute the same sum; they differ in rounding only."""
+    global _enabled
+    _enabled = bool(enabled)
+
+
 @functools.cache
 def _has_tma(device_index: int) -> bool:
     """NVIDIA sm_90+ (Hopper, Blackwell): TMA descriptors; ROCm builds report HIP as cuda."""
@@ -62,12 +73,13 @@ def _aligned(t: Tensor) -> bool:
 
 
 def fusable(X: Tensor, W: Tensor, XA: Tensor, U: Tensor) -> bool:
-    """True when ``lora_matmul`` can and should run on these tensors: NVIDIA sm_90+, eager
+    """True when ``lora_matmul`` can and should run on these tensors: enabled
+    (``set_fused_gemm``), NVIDIA sm_90+, eager
     (torch.compile keeps cuBLAS), one 16-bit dtype, a rank that is a multiple of 8 up to
     ``_MAX_RANK``, TMA-aligned 2-D layouts, an output of at least ``_MIN_OUTPUT`` elements.
     (Not under ``TRITON_INTERPRET=1``: Triton 3.9's interpreter loads bf16 through TMA
     descriptors wrongly, and 3.6's cannot run the persistent loop.)"""
-    if triton is None or not X.is_cuda or torch.compiler.is_compiling():
+    if not _enabled or triton is None or not X.is_cuda or torch.compiler.is_compiling():
         return False
     if X.dtype not in _DTYPES or not X.dtype == W.dtype == XA.dtype == U.dtype:
         return False
