@@ -38,7 +38,7 @@ _DTYPES = (torch.bfloat16, torch.float16)
 # 1.36-1.44x, slower than the pair, so it stays on cuBLAS.
 _MAX_RANK = 64
 # A launch with five TMA descriptors costs ~45 us more host time than cuBLAS's pair (H200
-# host, 88 vs 37 us per call), and the pass it saves is worth ~7 us of GPU on an 8192x1024
+# host, 88 vs 37 us per call), and the pass it saves is worth 7-15 us of GPU on an 8192x1024
 # output (k/v) but ~60 us on 8192x4096 (q, o) and ~150-300 us on 8192x14336 (the MLP).
 # Smaller outputs stay on cuBLAS.
 _MIN_OUTPUT = 1 << 25
