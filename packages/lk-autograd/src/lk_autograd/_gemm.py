@@ -29,7 +29,7 @@ try:
     import triton
     import triton.language as tl
     from triton.tools.tensor_descriptor import TensorDescriptor
-except ImportError:  # pragma: no cover - lk-triton depends on triton; kept for clear errors
+except ImportError:  # triton is a Linux-only dependency: cuBLAS runs everything there
     triton = None
 
 _DTYPES = (torch.bfloat16, torch.float16)
@@ -42,9 +42,7 @@ _MAX_RANK = 64
 # output (k/v) but ~60 us on 8192x4096 (q, o) and ~150-300 us on 8192x14336 (the MLP).
 # Smaller outputs stay on cuBLAS.
 _MIN_OUTPUT = 1 << 25
-
-
-_enabled = True
+_enabled = True  # set_fused_gemm
 
 
 def set_fused_gemm(enabled: bool) -> None:
@@ -74,11 +72,11 @@ def _aligned(t: Tensor) -> bool:
 
 def fusable(X: Tensor, W: Tensor, XA: Tensor, U: Tensor) -> bool:
     """True when ``lora_matmul`` can and should run on these tensors: enabled
-    (``set_fused_gemm``), NVIDIA sm_90+, eager
-    (torch.compile keeps cuBLAS), one 16-bit dtype, a rank that is a multiple of 8 up to
-    ``_MAX_RANK``, TMA-aligned 2-D layouts, an output of at least ``_MIN_OUTPUT`` elements.
-    (Not under ``TRITON_INTERPRET=1``: Triton 3.9's interpreter loads bf16 through TMA
-    descriptors wrongly, and 3.6's cannot run the persistent loop.)"""
+    (``set_fused_gemm``), NVIDIA sm_90+, eager (torch.compile keeps cuBLAS), one 16-bit dtype,
+    a rank that is a multiple of 8 up to ``_MAX_RANK``, TMA-aligned 2-D layouts, an output of
+    at least ``_MIN_OUTPUT`` elements. (Not under ``TRITON_INTERPRET=1``: Triton 3.9's
+    interpreter loads bf16 through TMA descriptors wrongly, 3.6's cannot run the persistent
+    loop.)"""
     if not _enabled or triton is None or not X.is_cuda or torch.compiler.is_compiling():
         return False
     if X.dtype not in _DTYPES or not X.dtype == W.dtype == XA.dtype == U.dtype:

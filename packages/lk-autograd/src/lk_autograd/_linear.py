@@ -179,6 +179,13 @@ def lora_first(
     return out.addmm_(X, W.t(), beta=beta)
 
 
+def _add_lora(dX: Tensor | None, lora: tuple[Tensor, Tensor] | None) -> Tensor | None:
+    """``dX + dXA A`` (in place when ``dX`` exists); ``dX`` itself when ``lora`` is None."""
+    if lora is None:
+        return dX
+    return lora[0] @ lora[1] if dX is None else dX.addmm_(*lora)
+
+
 def input_grad(
     dX: Tensor | None, lora: tuple[Tensor, Tensor] | None, base: Iterable[tuple[Tensor, Tensor]]
 ) -> Tensor | None:
@@ -190,14 +197,13 @@ def input_grad(
     epilogue; otherwise ``dXA A`` comes first."""
     for dY, W in base:
         if dX is None and lora is not None and fusable(dY, W, *lora):
-            dX, lora = lora_matmul(dY, W, *lora, 1.0, w_kn=True), None
+            dX = lora_matmul(dY, W, *lora, 1.0, w_kn=True)
         else:
-            if lora is not None:
-                dX = lora[0] @ lora[1] if dX is None else dX.addmm_(*lora)
-                lora = None
+            dX = _add_lora(dX, lora)
             dX = dY @ W if dX is None else dX.addmm_(dY, W)
+        lora = None
         del dY, W
-    return dX
+    return _add_lora(dX, lora)
 
 
 def _project(
@@ -318,8 +324,7 @@ def backward_input(
         grads.append(Proj(None, dbias, tuple(adapter_grads)))
     lora = None  # the last (dXA, A) term, for input_grad to fuse into the first base GEMM
     for terms in lora_dX.values():
-        if lora is not None:
-            dX = lora[0] @ lora[1] if dX is None else dX.addmm_(*lora)
+        dX = _add_lora(dX, lora)
         if len(terms) == 1:
             ((dXA, A),) = terms
         else:
