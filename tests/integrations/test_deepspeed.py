@@ -1,8 +1,16 @@
 """DeepSpeed ZeRO-3 (world size 1 still partitions every parameter and gathers it in hooks):
-the patched model's losses and trained LoRA weights match the unpatched ZeRO-3 run and an
-eager run, the fused Functions really ran, and the base weights are partitioned between
-steps. Skipped where deepspeed is not installed (it is not in the workspace lock: see
-tests/integrations/README.md); on the CPU it runs on DeepSpeed's CPU accelerator with gloo.
+the patched model's losses and trained LoRA weights match the unpatched ZeRO-3 run, the fused
+Functions really ran, and the base weights are partitioned between steps. Skipped where
+deepspeed is not installed (it is not in the workspace lock, see
+integrations/lk-accelerate/README.md; ``uv run --with deepspeed==0.19.8 pytest
+tests/integrations/test_deepspeed.py`` runs it). On the CPU it runs on DeepSpeed's CPU
+accelerator with gloo.
+
+In float64: in float32, four SGD steps at lr 0.5 amplified the op-order rounding between PEFT
+and ours into final LoRA weights 3e-7 to 5.8e-6 apart (seeds 0-7), near the old 1e-5 bound. In
+float64 on the CPU the patched ZeRO-3 run matched the unpatched one bit for bit (seeds 0-39),
+hence 1e-10. The eager run is not a reference here: ZeRO-3 itself, patched or not, ends
+6e-8 to 2.5e-7 away from it, and 5.1e-3 away at seed 35.
 """
 
 import pytest
@@ -24,6 +32,7 @@ from tests.integrations.distributed import (
 deepspeed = pytest.importorskip("deepspeed")
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
+DTYPE = torch.float64
 STEPS = 4
 ZERO3 = {
     "train_micro_batch_size_per_gpu": 4,
@@ -39,33 +48,23 @@ ZERO3 = {
 }
 
 
-def _train(kernels: bool, seed: int, batches: list, zero3: bool) -> dict:
-    model = tiny_lora_model(seed).to(DEVICE)
+def _train(kernels: bool, seed: int, batches: list) -> dict:
+    model = tiny_lora_model(seed).to(DEVICE, DTYPE)
     start = lora_state(model)
     report = prepare_model(model) if kernels else None
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=SGD_LR)
-    if zero3:
-        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ZERO3)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ZERO3)
     losses, partitioned = [], []
     with count_fused_calls() as calls:
         for batch in batches:
-            if zero3:
-                loss = engine(input_ids=batch, labels=batch).loss
-                engine.backward(loss)
-                engine.step()
-                weight = model.base_model.model.model.layers[0].mlp.gate_proj.base_layer.weight
-                partitioned.append(weight.numel() == 0)
-            else:
-                loss = model(input_ids=batch, labels=batch).loss
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad()
+            loss = engine(input_ids=batch, labels=batch).loss
+            engine.backward(loss)
+            engine.step()
+            weight = model.base_model.model.model.layers[0].mlp.gate_proj.base_layer.weight
+            partitioned.append(weight.numel() == 0)
             losses.append(loss.item())
-    if zero3:
-        with deepspeed.zero.GatheredParameters(params):
-            state = lora_state(model)
-    else:
+    with deepspeed.zero.GatheredParameters(params):
         state = lora_state(model)
     return {
         "losses": losses,
@@ -83,9 +82,8 @@ def runs():
     seed = int(torch.seed() % 2**16)
     batches = token_batches(STEPS, 4, seed, DEVICE)
     return {
-        "eager": _train(False, seed, batches, zero3=False),
-        "zero3": _train(False, seed, batches, zero3=True),
-        "zero3+kernels": _train(True, seed, batches, zero3=True),
+        "zero3": _train(False, seed, batches),
+        "zero3+kernels": _train(True, seed, batches),
     }
 
 
@@ -96,6 +94,5 @@ def test_zero3_partitions_and_fused_path_runs(runs):
     assert runs["zero3"]["calls"] == {}
 
 
-@pytest.mark.parametrize("reference", ["zero3", "eager"])
-def test_zero3_patched_matches(runs, reference):
-    assert_same_training(runs["zero3+kernels"], runs[reference])
+def test_zero3_patched_matches_unpatched(runs):
+    assert_same_training(runs["zero3+kernels"], runs["zero3"], tol=1e-10)
