@@ -78,8 +78,8 @@ def test_fusable_rejects(monkeypatch):
     assert not _gemm.fusable(X.float(), W.float(), XA.float(), U.float())  # 32-bit
     assert not _gemm.fusable(X, W, XA, U.float())  # mixed dtypes
     assert not _gemm.fusable(X, W, XA[:, :12], U[:, :12])  # rank not a multiple of 8
-    big = torch.randn(64, 128, device=X.device, dtype=X.dtype)
-    assert not _gemm.fusable(X, W, big, torch.randn(64, 128, device=X.device, dtype=X.dtype))
+    r128 = torch.randn(64, 128, device=X.device, dtype=X.dtype)
+    assert not _gemm.fusable(X, W, r128, r128.clone())  # rank above _MAX_RANK
     assert not _gemm.fusable(X[:, 1:63], W[:, 1:63], XA, U)  # base not 16-byte aligned
     assert not _gemm.fusable(X, W.t(), XA, U)  # a transposed (column-major) operand
 

@@ -10,8 +10,9 @@ In float64: in float32, four SGD steps at lr 0.5 amplified the op-order rounding
 and ours into final LoRA weights 3e-7 to 5.8e-6 apart (seeds 0-7), near the old 1e-5 bound. In
 float64 on the CPU the patched ZeRO-3 run matched the unpatched one bit for bit (seeds 0-39),
 hence 1e-10. (Bit for bit suggests ZeRO-3 keeps float32 copies that absorb float64 op-order
-differences; a wrong gradient still moves the weights by far more than 1e-10.) The eager run is not a reference here: ZeRO-3 itself, patched or not, ends
-6e-8 to 2.5e-7 away from it, and 5.1e-3 away at seed 35.
+differences; a wrong gradient still moves the weights by far more than 1e-10.) The eager run
+is not a reference here: ZeRO-3 itself, patched or not, ends 6e-8 to 2.5e-7 away from it, and
+5.1e-3 away at seed 35.
 """
 
 import pytest
