@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -22,3 +23,24 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """``||out - ref|| / ||ref||``, computed in float64."""
     out, ref = out.detach().double(), ref.detach().double()
     return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+def causal_lm_loss_in_logits_dtype(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    vocab_size: int,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    ignore_index: int = -100,
+    **_,
+) -> torch.Tensor:
+    """transformers' ``ForCausalLMLoss`` without its ``logits.float()``, which rounds float64
+    logits to float32. Through it, float64 runs of two implementations agree only to float32's
+    rounding boundaries: now and then a 1e-16 difference flips one, and a few SGD steps grow
+    that to 1e-8. Set it as ``model.loss_function`` of a float64 model under comparison."""
+    shifted = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    reduction = "mean" if num_items_in_batch is None else "sum"
+    loss = F.cross_entropy(
+        logits.reshape(-1, vocab_size), shifted.reshape(-1),
+        ignore_index=ignore_index, reduction=reduction,
+    )  # fmt: skip
+    return loss if num_items_in_batch is None else loss / num_items_in_batch

@@ -20,7 +20,7 @@ import torch
 
 from examples.train_transformers import tiny_lora_model
 from lk_accelerate import prepare_model
-from tests.helpers import HAS_CUDA
+from tests.helpers import HAS_CUDA, causal_lm_loss_in_logits_dtype
 from tests.integrations.distributed import (
     SGD_LR,
     assert_fused_every_call,
@@ -52,6 +52,7 @@ ZERO3 = {
 
 def _train(kernels: bool, seed: int, batches: list) -> dict:
     model = tiny_lora_model(seed).to(DEVICE, DTYPE)
+    model.get_base_model().loss_function = causal_lm_loss_in_logits_dtype  # float64 throughout
     start = lora_state(model)
     report = prepare_model(model) if kernels else None
     params = [p for p in model.parameters() if p.requires_grad]
