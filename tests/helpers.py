@@ -1,5 +1,7 @@
 """Shared test helpers: devices, relative error and tolerances (DESIGN.md, Numerics)."""
 
+import random
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,14 @@ TOLERANCE = {
     torch.bfloat16: 2e-2,
     torch.float16: 2e-2,
 }
+
+
+def fresh_seed() -> int:
+    """A new seed each run, printed (``pytest -s``) so that a failure can be reproduced; torch's
+    default generator starts from the same seed every time."""
+    seed = random.SystemRandom().randrange(2**16)
+    print(f"seed {seed}")
+    return seed
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

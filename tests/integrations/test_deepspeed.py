@@ -20,7 +20,7 @@ import torch
 
 from examples.train_transformers import tiny_lora_model
 from lk_accelerate import prepare_model
-from tests.helpers import HAS_CUDA, causal_lm_loss_in_logits_dtype
+from tests.helpers import HAS_CUDA, causal_lm_loss_in_logits_dtype, fresh_seed
 from tests.integrations.distributed import (
     SGD_LR,
     assert_fused_every_call,
@@ -82,7 +82,7 @@ def _train(kernels: bool, seed: int, batches: list) -> dict:
 @pytest.fixture(scope="module")
 def runs():
     ensure_process_group("nccl" if HAS_CUDA else "gloo")
-    seed = int(torch.seed() % 2**16)
+    seed = fresh_seed()
     batches = token_batches(STEPS, 4, seed, DEVICE)
     return {
         "zero3": _train(False, seed, batches),

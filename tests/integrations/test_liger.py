@@ -22,7 +22,7 @@ import torch
 
 from examples.train_transformers import tiny_lora_model
 from lk_transformers import enable_lora_kernels
-from tests.helpers import HAS_CUDA, rel_err
+from tests.helpers import HAS_CUDA, fresh_seed, rel_err
 from tests.integrations.distributed import count_fused_calls
 
 liger = pytest.importorskip("liger_kernel.transformers")
@@ -85,7 +85,7 @@ def _compare(model, reference, report) -> None:
 
 @runs_liger
 def test_liger_option():
-    model = tiny_lora_model(int(torch.seed() % 2**16)).to(DEVICE)
+    model = tiny_lora_model(fresh_seed()).to(DEVICE)
     reference = _reference(model)
     report = enable_lora_kernels(model, liger=True, liger_kwargs=LIGER_KWARGS)
     _compare(model, reference, report)
@@ -93,7 +93,7 @@ def test_liger_option():
 
 @runs_liger
 def test_liger_applied_before_the_model_is_built():
-    seed = int(torch.seed() % 2**16)
+    seed = fresh_seed()
     reference = _reference(tiny_lora_model(seed).to(DEVICE))
     liger.apply_liger_kernel_to_llama(**LIGER_KWARGS)
     model = tiny_lora_model(seed).to(DEVICE)
@@ -105,7 +105,7 @@ def test_liger_applied_before_the_model_is_built():
 
 @runs_liger
 def test_liger_applied_after_our_patch_then_taken_over_again():
-    model = tiny_lora_model(int(torch.seed() % 2**16)).to(DEVICE)
+    model = tiny_lora_model(fresh_seed()).to(DEVICE)
     reference = _reference(model)
     first = enable_lora_kernels(model)
     liger._apply_liger_kernel_to_instance(model=model.get_base_model(), **LIGER_KWARGS)

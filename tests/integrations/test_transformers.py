@@ -2,7 +2,6 @@
 same, merge_and_unload works, and enable/disable are idempotent and reversible."""
 
 import copy
-import random
 
 import pytest
 import torch
@@ -11,15 +10,7 @@ from safetensors.torch import load_file
 from examples.train_transformers import counting_dataset, tiny_lora_model, train
 from lk_patch import PatchError, is_patched
 from lk_transformers import LoraKernelsCallback, disable_lora_kernels, enable_lora_kernels
-from tests.helpers import causal_lm_loss_in_logits_dtype, rel_err
-
-
-def fresh_seed() -> int:
-    """A new seed each run (torch's default generator starts from the same seed every time)."""
-    seed = random.SystemRandom().randrange(2**16)
-    print(f"seed {seed}")
-    return seed
-
+from tests.helpers import causal_lm_loss_in_logits_dtype, fresh_seed, rel_err
 
 STEPS = 6
 # Plain SGD: Adam divides by sqrt(v), which turns float32 rounding differences in the tiny
