@@ -1,4 +1,5 @@
-"""Shared test helpers: devices, relative error and tolerances (DESIGN.md, Numerics)."""
+"""Shared test helpers: devices, tolerances (DESIGN.md, Numerics), relative error, fresh seeds
+and a float64 causal-LM loss."""
 
 import random
 
