@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import torch
 import triton
+from bench_activation import bench, rel_err
 from rich.console import Console
 from rich.table import Table
 
@@ -42,10 +43,6 @@ GEMMS = [
     ("o dX", D, D, True),
 ]
 S = 2.0  # lora_alpha / r of a typical config
-
-
-def median_ms(fn: Callable[[], object]) -> float:
-    return triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
 
 
 def host_us(fn: Callable[[], object], calls: int = 300) -> float:
@@ -79,10 +76,6 @@ def ways(X, W, XA, U, w_kn: bool) -> dict[str, Callable[[], torch.Tensor]]:
     }
 
 
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.double() - ref).norm() / ref.norm()).item()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=8192)
@@ -103,7 +96,7 @@ def main() -> None:
             for way in ("pair", "fused"):
                 row[f"{way}_err"] = rel_err(fns[way](), ref)
             for way, fn in fns.items():
-                row[f"{way}_ms"] = median_ms(fn)
+                row[f"{way}_ms"] = bench(fn)
             rows.append(row)
             del X, W, XA, U, fns, ref
     tiny = ways(*operands(128, 256, 64, 16, False), False)

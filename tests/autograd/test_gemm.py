@@ -11,6 +11,7 @@ import torch
 
 import lk_autograd._linear as linear
 from lk_autograd import _gemm
+from tests.helpers import rel_err
 
 from .models import compare, make_model
 
@@ -43,10 +44,6 @@ def _case(M, N, K, r, w_kn, dtype, view):
     return X, W, XA, U
 
 
-def _rel(Y: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((Y.double() - ref).norm() / ref.norm()).item()
-
-
 @pytest.mark.parametrize(
     "M, N, K, r, s",
     [(130, 264, 72, 8, 2.0), (37, 48, 520, 24, 0.3), (300, 520, 64, 64, 1.0)],
@@ -63,8 +60,8 @@ def test_lora_matmul_against_float64(M, N, K, r, s, w_kn, dtype, view):
     Wm, Um = (W, U) if w_kn else (W.t(), U.t())
     ref = X.double() @ Wm.double() + s * (XA.double() @ Um.double())
     pair = torch.addmm(XA @ Um, X, Wm, beta=s)
-    err = _rel(_gemm.lora_matmul(X, W, XA, U, s, w_kn), ref)
-    assert err <= 1.25 * _rel(pair, ref) + 1e-4, (err, _rel(pair, ref))
+    err = rel_err(_gemm.lora_matmul(X, W, XA, U, s, w_kn), ref)
+    assert err <= 1.25 * rel_err(pair, ref) + 1e-4, (err, rel_err(pair, ref))
 
 
 def test_fusable_rejects(monkeypatch):
