@@ -166,9 +166,11 @@ def ratio_to_peft(row: dict, rows: list[dict]) -> float:
 
 
 def impls_in(rows: list[dict]) -> list[str]:
-    """The implementations measured (``<impl>_x``) or failed (``<impl>_error``) in micro rows."""
-    keys = (key for row in rows for key in row if key.endswith(("_x", "_error")))
-    return list(dict.fromkeys(key.rsplit("_", 1)[0] for key in keys))
+    """The implementations measured (``<impl>_peak_mib``) or failed (``<impl>_error``) in micro
+    rows."""
+    suffixes = ("_peak_mib", "_error")
+    keys = (key for row in rows for key in row if key.endswith(suffixes))
+    return list(dict.fromkeys(key.removesuffix("_peak_mib").removesuffix("_error") for key in keys))
 
 
 def title(payload: dict) -> str:
@@ -260,16 +262,25 @@ def micro_table(payload: dict) -> Table:
     """One line per (block, base, r): the floor, then each implementation's figures."""
     rows = payload["rows"]
     impls = impls_in(rows)
-    caption = "cells: time / floor, held / peak activation MiB. " + skipped_line(payload)
+    caption = ("cells: time / floor, then replayed from a CUDA graph (g); held / peak activation"
+               " MiB. " + skipped_line(payload))  # fmt: skip
     table = Table(title=title(payload), caption=caption)
     for column in ("block", "base", "r", "floor ms", *impls, "ours err"):
         table.add_column(column)
     for r in rows:
-        cells = [f"{r[f'{i}_x']:.2f}x {r[f'{i}_held_mib']:.0f}/{r[f'{i}_peak_mib']:.0f}"
-                 if f"{i}_x" in r else r.get(f"{i}_error", "-")[:20] for i in impls]  # fmt: skip
+        cells = [micro_cell(r, i) for i in impls]
         table.add_row(r["block"], r["base"], str(r["r"]), f"{r['floor_ms']:.2f}", *cells,
                       f"{r['max_rel_err']:.1e}")  # fmt: skip
     return table
+
+
+def micro_cell(row: dict, impl: str) -> str:
+    """``1.11x g1.04x 512/804``: wall and graph ratios, held / peak MiB; or why it is missing."""
+    if f"{impl}_x" not in row:
+        return row.get(f"{impl}_error", "-")[:20]
+    graph = f"g{row[f'{impl}_graph_x']:.2f}x" if f"{impl}_graph_x" in row else "g-"
+    return (f"{row[f'{impl}_x']:.2f}x {graph} "
+            f"{row[f'{impl}_held_mib']:.0f}/{row[f'{impl}_peak_mib']:.0f}")  # fmt: skip
 
 
 def model_table(payload: dict) -> Table:

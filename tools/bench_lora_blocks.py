@@ -2,7 +2,8 @@
 
 Llama-3-8B shapes (hidden 4096, intermediate 14336, 32 heads / 8 KV heads of 128), bf16
 activations, a bf16 or NF4 base. Forward+backward time (median of ``triton.testing.do_bench``),
-activation memory held between forward and backward (allocated delta, output included) and
+the same step's time replayed from a CUDA graph (the GPU's share, without the host), activation
+memory held between forward and backward (allocated delta, output included) and
 peak, each also as a ratio to the dense-GEMM floor measured in the same run on the block's own
 weights and data (see DESIGN.md "Performance"). Correctness (each implementation vs PEFT,
 relative error of output and every gradient) is checked before timing. Peers, when their
@@ -132,7 +133,10 @@ def held_and_peak(fn: Callable, m: nn.Module, X: Tensor, dYs: list[Tensor]) -> t
 def floor(m: nn.Module, block: str, X: Tensor, dYs: list[Tensor]) -> Callable[[], None]:
     """The block's mandatory dense GEMMs, forward ``X W^T`` and backward ``dY W`` per projection,
     on its own weights and data: the real inputs and the real activation gradients."""
-    X2 = X.reshape(-1, X.shape[-1])
+    # Detached: a view of X would keep X's AccumulateGrad node (made on the default stream)
+    # alive, and a later CUDA-graph capture of a step that differentiates X would then wait on
+    # the default stream, which invalidates the capture.
+    X2 = X.detach().reshape(-1, X.shape[-1])
     with torch.no_grad():
         if block == "mlp":
             Wg, Wu, Wd = (dense(m, n) for n in MLP)
@@ -212,11 +216,42 @@ def implementations(block: str) -> dict[str, Callable]:
     return impls
 
 
-def measure(fn: Callable, m: nn.Module, X: Tensor, dYs: list[Tensor], floor_ms: float) -> dict:
-    """Time, ratio to the floor, held and peak activation memory of one implementation."""
-    ms = triton.testing.do_bench(fwd_bwd(fn, m, X, dYs))
+def graph_ms(step: Callable[[], None]) -> float:
+    """``step`` captured once in a CUDA graph, then its replay timed like ``step`` itself: the
+    GPU's time with the host out of the loop. On a slow host the small blocks' wall time is the
+    host's (Python and launches), which in a whole model overlaps the GPU work of other layers;
+    this is the part that does not."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    ms = triton.testing.do_bench(graph.replay)
+    del graph
+    torch.cuda.empty_cache()
+    return ms
+
+
+def measure(fn: Callable, m: nn.Module, X: Tensor, dYs: list[Tensor], row: dict) -> dict:
+    """Time, ratio to the floor (wall and CUDA-graph replay), held and peak activation memory of
+    one implementation; the floor's times are ``row``'s ``floor_ms`` and ``floor_graph_ms``. A
+    step that cannot be captured gets ``graph_failure`` instead of the graph figures."""
+    step = fwd_bwd(fn, m, X, dYs)
+    ms = triton.testing.do_bench(step)
     held, peak = held_and_peak(fn, m, X, dYs)
-    return {"ms": ms, "x": ms / floor_ms, "held_mib": held, "peak_mib": peak}
+    figures = {"ms": ms, "x": ms / row["floor_ms"], "held_mib": held, "peak_mib": peak}
+    try:
+        figures["graph_ms"] = graph_ms(step)
+    except Exception as err:  # a peer that syncs or allocates outside the graph's pool
+        figures["graph_failure"] = repr(err)[:200]
+        torch.cuda.synchronize()
+    else:
+        figures["graph_x"] = figures["graph_ms"] / row["floor_graph_ms"]
+    return figures
 
 
 def bench(r: int, nf4: bool, fp32_adapters: bool, tokens: int) -> list[dict]:
@@ -234,7 +269,9 @@ def bench(r: int, nf4: bool, fp32_adapters: bool, tokens: int) -> list[dict]:
             dYs = [torch.randn_like(o) for o in _outs(peft(m, X))]
         row = {"block": block, "r": r, "base": "nf4" if nf4 else "bf16", "tokens": tokens,
                "fp32_adapters": fp32_adapters, **rel_errors(m, X, dYs, block)}  # fmt: skip
-        row["floor_ms"] = triton.testing.do_bench(floor(m, block, X, dYs))
+        floor_step = floor(m, block, X, dYs)
+        row["floor_ms"] = triton.testing.do_bench(floor_step)
+        row["floor_graph_ms"] = graph_ms(floor_step)
         for name, fn in implementations(block).items():
             if name not in ("peft", "ours"):
                 try:
@@ -242,7 +279,7 @@ def bench(r: int, nf4: bool, fp32_adapters: bool, tokens: int) -> list[dict]:
                 except Exception as err:
                     row[f"{name}_error"] = repr(err)
                     continue
-            figures = measure(fn, m, X, dYs, row["floor_ms"])
+            figures = measure(fn, m, X, dYs, row)
             row.update({f"{name}_{key}": value for key, value in figures.items()})
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import lk_autograd._linear as linear
+import lk_autograd._plain as plain
 from lk_autograd import _gemm
 from tests.helpers import rel_err
 
@@ -64,6 +65,69 @@ def test_lora_matmul_against_float64(M, N, K, r, s, w_kn, dtype, view):
     assert err <= 1.25 * rel_err(pair, ref) + 1e-4, (err, rel_err(pair, ref))
 
 
+@pytest.mark.parametrize("w_kn", [False, True], ids=["XWt", "XW"])
+@pytest.mark.parametrize("extra_ks", [(24,), (520, 72)], ids=["one-more", "two-more"])
+def test_lora_matmul_sums_more_pairs(w_kn, extra_ks):
+    """Extra base pairs with their own K (q/k/v's input gradient): one accumulator, against
+    float64, no worse than cuBLAS accumulating each GEMM onto the output in turn."""
+    M, N, K, r, s = 130, 264, 72, 16, 0.5
+    X, W, XA, U = _case(M, N, K, r, w_kn, torch.bfloat16, False)
+    more = []
+    for K_j in extra_ks:
+        X_j, W_j, _, _ = _case(M, N, K_j, r, w_kn, torch.bfloat16, False)
+        more.append((X_j, W_j))
+    assert _gemm.fusable(X, W, XA, U, more)
+    mats = [(X_j, W_j if w_kn else W_j.t()) for X_j, W_j in [(X, W), *more]]
+    Um = U if w_kn else U.t()
+    ref = s * (XA.double() @ Um.double()) + sum(a.double() @ b.double() for a, b in mats)
+    pair = XA @ Um * s
+    for a, b in mats:
+        pair.addmm_(a, b)
+    err = rel_err(_gemm.lora_matmul(X, W, XA, U, s, w_kn, more), ref)
+    assert err <= 1.25 * rel_err(pair, ref) + 1e-4, (err, rel_err(pair, ref))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize(
+    "Ns, ranks, ss",
+    [((264, 40, 40), (8, 8, 8), (2.0, 2.0, 2.0)), ((48, 520), (24, 16), (1.0, 0.3))],
+    ids=["q-k-v-tails", "two-ranks-scales"],
+)
+def test_lora_matmul_group_against_float64(dtype, Ns, ranks, ss):
+    """Each output of the grouped launch (column slices of one ``XA``, as ``_plain`` splits it)
+    against float64, no worse than cuBLAS's LoRA-first pair for that output."""
+    M, K = 130, 72
+    X = torch.randn(M, K, device="cuda", dtype=dtype)
+    XA = torch.randn(M, sum(ranks), device="cuda", dtype=dtype)
+    XAs = XA.split(ranks, dim=1)
+    Ws = [torch.randn(N, K, device="cuda", dtype=dtype) / K**0.5 for N in Ns]
+    Bs = [torch.randn(N, r, device="cuda", dtype=dtype) for N, r in zip(Ns, ranks, strict=True)]
+    assert _gemm.fusable_group(X, Ws, XAs, Bs)
+    outs = _gemm.lora_matmul_group(X, Ws, XAs, Bs, ss)
+    for Y, W, XA_j, B, s in zip(outs, Ws, XAs, Bs, ss, strict=True):
+        ref = X.double() @ W.double().t() + s * (XA_j.double() @ B.double().t())
+        pair = torch.addmm(XA_j @ B.t(), X, W.t(), beta=s)
+        assert Y.shape == ref.shape
+        assert rel_err(Y, ref) <= 1.25 * rel_err(pair, ref) + 1e-4, (rel_err(Y, ref), s)
+
+
+def test_fusable_group_rejects(monkeypatch):
+    X, W, XA, U = _case(64, 64, 64, 16, False, torch.bfloat16, False)
+    assert _gemm.fusable_group(X, [W, W], [XA, XA], [U, U])
+    assert not _gemm.fusable_group(X, [W], [XA], [U])  # one output: lora_matmul's
+    assert not _gemm.fusable_group(X, [W] * 4, [XA] * 4, [U] * 4)  # above _MAX_GROUP
+    assert not _gemm.fusable_group(X, [W, W], [XA, XA[:, :12]], [U, U[:, :12]])  # a rank of 12
+    monkeypatch.setattr(_gemm, "_MIN_OUTPUT", 2 * 64 * 64 + 1)
+    assert not _gemm.fusable_group(X, [W, W], [XA, XA], [U, U])  # too small together
+
+
+def test_lora_matmul_rejects_pairs_of_another_shape():
+    X, W, XA, U = _case(64, 64, 64, 16, True, torch.bfloat16, False)
+    X_j, W_j, _, _ = _case(64, 32, 64, 16, True, torch.bfloat16, False)  # N = 32, not 64
+    with pytest.raises(ValueError, match="does not add onto"):
+        _gemm.lora_matmul(X, W, XA, U, 1.0, True, [(X_j, W_j)])
+
+
 def test_fusable_rejects(monkeypatch):
     """Every layout the kernel cannot take, and outputs too small to pay, go to cuBLAS."""
     X, W, XA, U = _case(64, 64, 64, 16, False, torch.bfloat16, False)
@@ -79,6 +143,10 @@ def test_fusable_rejects(monkeypatch):
     assert not _gemm.fusable(X, W, r128, r128.clone())  # rank above _MAX_RANK
     assert not _gemm.fusable(X[:, 1:63], W[:, 1:63], XA, U)  # base not 16-byte aligned
     assert not _gemm.fusable(X, W.t(), XA, U)  # a transposed (column-major) operand
+    assert _gemm.fusable(X, W, XA, U, [(X, W), (X, W)])
+    assert not _gemm.fusable(X, W, XA, U, [(X, W)] * 3)  # more than _MAX_MORE extra pairs
+    assert not _gemm.fusable(X, W, XA, U, [(X.half(), W.half())])  # an extra pair's dtype
+    assert not _gemm.fusable(X, W, XA, U, [(X[:, 1:63], W[:, 1:63])])  # its alignment
 
 
 def test_set_fused_gemm_turns_it_off():
@@ -95,22 +163,31 @@ def test_set_fused_gemm_turns_it_off():
 
 @pytest.mark.parametrize("block", ["mlp", "qkv", "o"])
 def test_functions_take_the_fused_gemm(block, monkeypatch):
-    """bf16 adapters of rank 8 on 8-aligned shapes: every projection's forward and the input
-    gradients go through ``lora_matmul``, and the block still matches PEFT in float64."""
+    """bf16 adapters of rank 8 on 8-aligned shapes: every projection's forward and each input
+    gradient go through ``lora_matmul`` (an input gradient in one call over all the block's
+    projections of that input), and the block still matches PEFT in float64."""
     dev = "cuda"
     calls = []
     real = _gemm.lora_matmul
 
     def counting(*args, **kwargs):
-        calls.append(kwargs["w_kn"])
+        calls.append((kwargs["w_kn"], len(kwargs.get("more", ()))))
         return real(*args, **kwargs)
 
+    def counting_group(X, Ws, *args):
+        calls.append(("group", len(Ws)))
+        return real_group(X, Ws, *args)
+
+    real_group = _gemm.lora_matmul_group
     monkeypatch.setattr(linear, "lora_matmul", counting)
+    monkeypatch.setattr(plain, "lora_matmul_group", counting_group)
     model = make_model(torch.bfloat16, r=8, autocast_adapter_dtype=False).to(dev)
     ref = copy.deepcopy(model).double()
     X = torch.randn(4, 40, 16, device=dev, dtype=torch.bfloat16, requires_grad=True)
     errs = compare(block, model, X, ref_model=ref, ref_X=X.detach().double().requires_grad_())
     assert max(errs.values()) < 2e-2, errs
-    forwards = {"mlp": 3, "qkv": 3, "o": 1}[block]
-    backwards = {"mlp": 2, "qkv": 1, "o": 1}[block]  # dh, then dX (gate's GEMM takes the term)
-    assert calls.count(False) == forwards and calls.count(True) == backwards, calls
+    # q, k and v in one grouped launch; O alone; the MLP's general path, one per projection
+    forwards = {"mlp": [(False, 0)] * 3, "qkv": [("group", 3)], "o": [(False, 0)]}[block]
+    # One kernel per input gradient, summing every base GEMM: MLP dh, then dX over gate and up
+    backwards = {"mlp": [(True, 0), (True, 1)], "qkv": [(True, 2)], "o": [(True, 0)]}[block]
+    assert calls == forwards + backwards, calls

@@ -78,3 +78,21 @@ def test_median_rows_takes_each_runs_own_ratio():
     assert o["floor_ms"] == 0.9 and o["ours_ms"] == 1.4
     assert o["ours_x"] == 1.5  # the runs' ratios 1.5, 1.25, 1.56; not 1.4 / 0.9
     assert mlp["ours_held_mib"] == 512.0
+
+
+def test_micro_table_names_each_implementation_once():
+    """The graph figures (``ours_graph_x``) and a failed capture or peer are columns of their
+    implementation, not implementations of their own."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from bench import impls_in, micro_cell
+
+    row = {"block": "o", "floor_ms": 0.8, "floor_graph_ms": 0.78, "max_rel_err": 1e-3,
+           "ours_ms": 1.2, "ours_x": 1.5, "ours_graph_ms": 0.82, "ours_graph_x": 1.05,
+           "ours_held_mib": 64.0, "ours_peak_mib": 128.0,
+           "axolotl_ms": 1.0, "axolotl_x": 1.25, "axolotl_graph_failure": "RuntimeError()",
+           "axolotl_held_mib": 64.0, "axolotl_peak_mib": 130.0,
+           "unsloth_error": "TypeError('no')"}  # fmt: skip
+    assert impls_in([row]) == ["ours", "axolotl", "unsloth"]
+    assert micro_cell(row, "ours") == "1.50x g1.05x 64/128"
+    assert micro_cell(row, "axolotl") == "1.25x g- 64/130"
+    assert micro_cell(row, "unsloth") == "TypeError('no')"

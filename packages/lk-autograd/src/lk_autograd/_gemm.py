@@ -5,6 +5,11 @@ With ``X`` ``[M, K]`` and a rank-``r`` pair ``XA`` ``[M, r]``, ``U``::
     Y = X W^T + s XA U^T      W [N, K], U = B [N, r]   (a projection's output)
     Y = X W   + s XA U        W [K, N], U = A [r, N]   (its input gradient: dX = dY W + dXA A)
 
+Up to two more base pairs ``X_j W_j`` (each with its own ``K_j``) run into the same accumulator
+one after the other: the input gradient of projections that share an input, ``dX = dY_q W_q +
+dY_k W_k + dY_v W_v + dXA A`` (or gate and up), in one kernel and one store, where cuBLAS
+reads and rewrites ``dX`` once per extra projection.
+
 cuBLAS has no epilogue for a rank-r product, so ``_linear.lora_first`` writes ``s XA U^T`` first
 and the base GEMM reads it back as C: an extra write and read of the ``[M, N]`` output, about
 15% of the GEMM at Llama-3-8B's MLP shapes. Here each output tile runs the base GEMM's K loop
@@ -21,6 +26,8 @@ same sum (up to rounding: here the LoRA term is never rounded to the output dtyp
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -42,6 +49,8 @@ _MAX_RANK = 64
 # output (k/v) but ~60 us on 8192x4096 (q, o) and ~150-300 us on 8192x14336 (the MLP).
 # Smaller outputs stay on cuBLAS.
 _MIN_OUTPUT = 1 << 25
+_MAX_MORE = 2  # extra base pairs: q/k/v's input gradient has three
+_MAX_GROUP = 3  # outputs of one launch: q, k and v
 _enabled = True  # set_fused_gemm
 
 
@@ -70,58 +79,143 @@ def _aligned(t: Tensor) -> bool:
     return t.stride(1) == 1 and (t.stride(0) * size) % 16 == 0 and t.data_ptr() % 16 == 0
 
 
-def fusable(X: Tensor, W: Tensor, XA: Tensor, U: Tensor) -> bool:
-    """True when ``lora_matmul`` can and should run on these tensors: enabled
-    (``set_fused_gemm``), NVIDIA sm_90+, eager (torch.compile keeps cuBLAS), one 16-bit dtype,
-    a rank that is a multiple of 8 up to ``_MAX_RANK``, TMA-aligned 2-D layouts, an output of
-    at least ``_MIN_OUTPUT`` elements. (Not under ``TRITON_INTERPRET=1``: Triton 3.9's
-    interpreter loads bf16 through TMA descriptors wrongly, 3.6's cannot run the persistent
-    loop.)"""
+def fusable(
+    X: Tensor, W: Tensor, XA: Tensor, U: Tensor, more: Sequence[tuple[Tensor, Tensor]] = ()
+) -> bool:
+    """True when ``lora_matmul`` can and should run on these tensors (and the extra base pairs
+    ``more``): enabled (``set_fused_gemm``), NVIDIA sm_90+, eager (torch.compile keeps cuBLAS),
+    one 16-bit dtype, a rank that is a multiple of 8 up to ``_MAX_RANK``, at most
+    ``_MAX_MORE`` extra pairs, TMA-aligned 2-D layouts, an output of at least ``_MIN_OUTPUT``
+    elements. (Not under ``TRITON_INTERPRET=1``: Triton 3.9's interpreter loads bf16 through TMA
+    descriptors wrongly, 3.6's cannot run the persistent loop.)"""
+    r = XA.shape[1]
+    big = r > 0 and X.shape[0] * (U.numel() // r) >= _MIN_OUTPUT  # M x N
+    return big and _fits(X, W, XA, U, more)
+
+
+def fusable_group(
+    X: Tensor, Ws: Sequence[Tensor], XAs: Sequence[Tensor], Us: Sequence[Tensor]
+) -> bool:
+    """True when ``lora_matmul_group`` can and should run: two or three outputs, each on which
+    ``lora_matmul`` could run, of at least ``_MIN_OUTPUT`` elements together."""
+    if not 1 < len(Ws) <= _MAX_GROUP or X.shape[0] * sum(W.shape[0] for W in Ws) < _MIN_OUTPUT:
+        return False
+    return all(_fits(X, W, XA, U) for W, XA, U in zip(Ws, XAs, Us, strict=True))
+
+
+def _fits(
+    X: Tensor, W: Tensor, XA: Tensor, U: Tensor, more: Sequence[tuple[Tensor, Tensor]]
+) -> bool:
+    """Everything ``fusable`` asks but the output's size."""
     if not _enabled or triton is None or not X.is_cuda or torch.compiler.is_compiling():
         return False
-    if X.dtype not in _DTYPES or not X.dtype == W.dtype == XA.dtype == U.dtype:
-        return False
     r = XA.shape[1]
-    if r % 8 or r > _MAX_RANK or X.shape[0] * (U.numel() // r) < _MIN_OUTPUT:  # M x N
+    if r % 8 or r > _MAX_RANK or len(more) > _MAX_MORE:
         return False
-    if not all(_aligned(t) for t in (X, W, XA, U)):
+    tensors = (X, W, XA, U, *(t for pair in more for t in pair))
+    if X.dtype not in _DTYPES or any(t.dtype != X.dtype for t in tensors):
+        return False
+    if not all(_aligned(t) for t in tensors):
         return False
     return _has_tma(X.device.index or 0)
 
 
-def lora_matmul(X: Tensor, W: Tensor, XA: Tensor, U: Tensor, s: float, w_kn: bool) -> Tensor:
-    """``X W^T + s XA U^T`` (``w_kn=False``) or ``X W + s XA U`` (``w_kn=True``); see the module
-    docstring. The caller checks ``fusable`` first."""
-    M, K = X.shape
+def _rank_block(XAs: Sequence[Tensor]) -> int:
+    """The LoRA product's K tile: the largest rank, a power of two, at least 16 (``tl.dot``)."""
+    return max(16, triton.next_power_of_2(max(XA.shape[1] for XA in XAs)))
+
+
+def lora_matmul(
+    X: Tensor,
+    W: Tensor,
+    XA: Tensor,
+    U: Tensor,
+    s: float,
+    w_kn: bool,
+    more: Sequence[tuple[Tensor, Tensor]] = (),
+) -> Tensor:
+    """``X W^T + s XA U^T`` (``w_kn=False``) or ``X W + s XA U`` (``w_kn=True``), plus
+    ``X_j W_j^T`` (or ``X_j W_j``) for each pair of ``more``; see the module docstring. The
+    caller checks ``fusable`` first."""
+    M = X.shape[0]
     N = W.shape[1] if w_kn else W.shape[0]
-    r = XA.shape[1]
-    R = max(16, triton.next_power_of_2(r))
+    for X_j, W_j in more:
+        if X_j.shape[0] != M or (W_j.shape[1] if w_kn else W_j.shape[0]) != N:
+            raise ValueError(f"lora_matmul: extra pair {tuple(X_j.shape)} x {tuple(W_j.shape)} "
+                             f"does not add onto the [{M}, {N}] output")  # fmt: skip
+    R = _rank_block([XA])
     # 128x256 tiles, three stages: 1.02x cuBLAS on the bare 8192x14336x4096 GEMM on an H200.
     BM, BN, BK = 128, 256, 64
     Y = torch.empty(M, N, device=X.device, dtype=X.dtype)
     n_sm = _sm_count(X.device.index or 0)
     tiles = triton.cdiv(M, BM) * triton.cdiv(N, BN)
+    pairs: list[Any] = []  # X_j, W_j descriptors and K_j of the three pairs; None when absent
+    for X_j, W_j in ((X, W), *more):
+        pairs += (TensorDescriptor.from_tensor(X_j, [BM, BK]),
+                  TensorDescriptor.from_tensor(W_j, [BK, BN] if w_kn else [BN, BK]),
+                  X_j.shape[1])  # fmt: skip
+    pairs += (None, None, 0) * (_MAX_MORE - len(more))
     _kernel[(min(n_sm, tiles),)](
-        TensorDescriptor.from_tensor(X, [BM, BK]),
-        TensorDescriptor.from_tensor(W, [BK, BN] if w_kn else [BN, BK]),
+        *pairs,
         TensorDescriptor.from_tensor(XA, [BM, R]),
         TensorDescriptor.from_tensor(U, [R, BN] if w_kn else [BN, R]),
         TensorDescriptor.from_tensor(Y, [BM, BN // 2]),
         M,
         N,
-        K,
         s,
         BM=BM,
         BN=BN,
         BK=BK,
         GROUP_M=8,
         N_SM=n_sm,
+        PAIRS=1 + len(more),
         W_KN=w_kn,
         SCALE=s != 1,
         num_stages=3,
         num_warps=8,
     )
     return Y
+
+
+def lora_matmul_group(
+    X: Tensor,
+    Ws: Sequence[Tensor],
+    XAs: Sequence[Tensor],
+    Us: Sequence[Tensor],
+    ss: Sequence[float],
+) -> list[Tensor]:
+    """``[X W_j^T + s_j XA_j U_j^T for each j]``, two or three projections of one ``X`` (q, k
+    and v) in one launch: their tiles are dealt to the same persistent programs in turn. The
+    caller checks ``fusable_group`` first."""
+    M, K = X.shape
+    R = _rank_block(XAs)
+    BM, BN, BK = 128, 256, 64  # lora_matmul's
+    n_sm = _sm_count(X.device.index or 0)
+    outs = [torch.empty(M, W.shape[0], device=X.device, dtype=X.dtype) for W in Ws]
+    args: list[Any] = []
+    for W, XA, U, Y, s in zip(Ws, XAs, Us, outs, ss, strict=True):
+        args += (TensorDescriptor.from_tensor(W, [BN, BK]),
+                 TensorDescriptor.from_tensor(XA, [BM, R]),
+                 TensorDescriptor.from_tensor(U, [BN, R]),
+                 TensorDescriptor.from_tensor(Y, [BM, BN // 2]), W.shape[0], s)  # fmt: skip
+    args += (None, None, None, None, 0, 1.0) * (_MAX_GROUP - len(Ws))
+    tiles = triton.cdiv(M, BM) * sum(triton.cdiv(W.shape[0], BN) for W in Ws)
+    _grouped_kernel[(min(n_sm, tiles),)](
+        TensorDescriptor.from_tensor(X, [BM, BK]),
+        K,
+        M,
+        *args,
+        BM=BM,
+        BN=BN,
+        BK=BK,
+        GROUP_M=8,
+        N_SM=n_sm,
+        OUTPUTS=len(Ws),
+        SCALE=any(s != 1 for s in ss),
+        num_stages=3,
+        num_warps=8,
+    )
+    return outs
 
 
 if triton is not None:
@@ -134,36 +228,35 @@ if triton is not None:
         return first_m + (tile % size_m), (tile % n_in_group) // size_m
 
     @triton.jit
-    def _kernel(
-        x_desc,
-        w_desc,
-        xa_desc,
-        u_desc,
-        y_desc,
-        M,
-        N,
-        K,
-        s,
-        BM: tl.constexpr,
-        BN: tl.constexpr,
-        BK: tl.constexpr,
-        GROUP_M: tl.constexpr,
-        N_SM: tl.constexpr,
-        W_KN: tl.constexpr,
-        SCALE: tl.constexpr,
-    ):
+    def _k_loop(acc, x_desc, w_desc, K, om, on, BK: tl.constexpr, W_KN: tl.constexpr):
+        """``acc += X[om:, :K] W`` over one pair's K, a ``BK`` slice at a time."""
+        for k in range(tl.cdiv(K, BK)):
+            x = x_desc.load([om, k * BK])
+            if W_KN:
+                acc = tl.dot(x, w_desc.load([k * BK, on]), acc)
+            else:
+                acc = tl.dot(x, w_desc.load([on, k * BK]).T, acc)
+        return acc
+
+    @triton.jit
+    def _tiles(
+        first, x_desc, w_desc, K, x1_desc, w1_desc, K1, x2_desc, w2_desc, K2,
+        xa_desc, u_desc, y_desc, M, N, s,
+        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+        N_SM: tl.constexpr, PAIRS: tl.constexpr, W_KN: tl.constexpr, SCALE: tl.constexpr,
+    ):  # fmt: skip
+        """One output's tiles ``first``, ``first + N_SM``, ...: the persistent loop."""
         n_m = tl.cdiv(M, BM)
         n_in_group = GROUP_M * tl.cdiv(N, BN)
-        for tile in tl.range(tl.program_id(0), n_m * tl.cdiv(N, BN), N_SM, flatten=True):
+        for tile in tl.range(first, n_m * tl.cdiv(N, BN), N_SM, flatten=True):
             pm, pn = _tile(tile, n_in_group, n_m, GROUP_M)
             om, on = pm * BM, pn * BN
             acc = tl.zeros((BM, BN), dtype=tl.float32)
-            for k in range(tl.cdiv(K, BK)):
-                x = x_desc.load([om, k * BK])
-                if W_KN:
-                    acc = tl.dot(x, w_desc.load([k * BK, on]), acc)
-                else:
-                    acc = tl.dot(x, w_desc.load([on, k * BK]).T, acc)
+            acc = _k_loop(acc, x_desc, w_desc, K, om, on, BK, W_KN)
+            if PAIRS > 1:
+                acc = _k_loop(acc, x1_desc, w1_desc, K1, om, on, BK, W_KN)
+            if PAIRS > 2:
+                acc = _k_loop(acc, x2_desc, w2_desc, K2, om, on, BK, W_KN)
             xa = xa_desc.load([om, 0])
             if SCALE:
                 xa = (xa.to(tl.float32) * s).to(xa.dtype)
@@ -175,3 +268,48 @@ if triton is not None:
             left, right = tl.split(tl.permute(tl.reshape(acc, (BM, 2, BN // 2)), (0, 2, 1)))
             y_desc.store([om, on], left.to(y_desc.dtype))
             y_desc.store([om, on + BN // 2], right.to(y_desc.dtype))
+
+    @triton.jit
+    def _kernel(
+        x_desc, w_desc, K, x1_desc, w1_desc, K1, x2_desc, w2_desc, K2,
+        xa_desc, u_desc, y_desc, M, N, s,
+        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+        N_SM: tl.constexpr, PAIRS: tl.constexpr, W_KN: tl.constexpr, SCALE: tl.constexpr,
+    ):  # fmt: skip
+        _tiles(
+            tl.program_id(0), x_desc, w_desc, K, x1_desc, w1_desc, K1, x2_desc, w2_desc, K2,
+            xa_desc, u_desc, y_desc, M, N, s, BM, BN, BK, GROUP_M, N_SM, PAIRS, W_KN, SCALE,
+        )  # fmt: skip
+
+    @triton.jit
+    def _first(done, N_SM: tl.constexpr):
+        """This program's first tile of an output that starts after ``done`` tiles of the
+        outputs before it: tiles are dealt round-robin over the programs across outputs."""
+        return (tl.program_id(0) - done % N_SM + N_SM) % N_SM
+
+    @triton.jit
+    def _grouped_kernel(
+        x_desc, K, M,
+        w0_desc, xa0_desc, u0_desc, y0_desc, N0, s0,
+        w1_desc, xa1_desc, u1_desc, y1_desc, N1, s1,
+        w2_desc, xa2_desc, u2_desc, y2_desc, N2, s2,
+        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+        N_SM: tl.constexpr, OUTPUTS: tl.constexpr, SCALE: tl.constexpr,
+    ):  # fmt: skip
+        """``Y_j = X W_j^T + s_j XA_j U_j^T`` for up to three outputs of one ``X``."""
+        _tiles(
+            tl.program_id(0), x_desc, w0_desc, K, None, None, 0, None, None, 0,
+            xa0_desc, u0_desc, y0_desc, M, N0, s0, BM, BN, BK, GROUP_M, N_SM, 1, False, SCALE,
+        )  # fmt: skip
+        done = tl.cdiv(M, BM) * tl.cdiv(N0, BN)
+        if OUTPUTS > 1:
+            _tiles(
+                _first(done, N_SM), x_desc, w1_desc, K, None, None, 0, None, None, 0,
+                xa1_desc, u1_desc, y1_desc, M, N1, s1, BM, BN, BK, GROUP_M, N_SM, 1, False, SCALE,
+            )  # fmt: skip
+            done += tl.cdiv(M, BM) * tl.cdiv(N1, BN)
+        if OUTPUTS > 2:
+            _tiles(
+                _first(done, N_SM), x_desc, w2_desc, K, None, None, 0, None, None, 0,
+                xa2_desc, u2_desc, y2_desc, M, N2, s2, BM, BN, BK, GROUP_M, N_SM, 1, False, SCALE,
+            )  # fmt: skip

@@ -29,7 +29,7 @@ and ``dO = dY`` in ``acc``, the chain rule implemented below is::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -187,22 +187,33 @@ def _add_lora(dX: Tensor | None, lora: tuple[Tensor, Tensor] | None) -> Tensor |
 
 
 def input_grad(
-    dX: Tensor | None, lora: tuple[Tensor, Tensor] | None, base: Iterable[tuple[Tensor, Tensor]]
+    dX: Tensor | None,
+    lora: tuple[Tensor, Tensor] | None,
+    base: Sequence[tuple[Tensor, Tensor, object | None]],
+    dtype: torch.dtype,
 ) -> Tensor | None:
     """``dX + dXA A + sum_j dY_j W_j``, each GEMM accumulating onto ``dX`` in its epilogue.
 
-    ``lora`` is ``(dXA, A)`` (scales already in ``dXA``) or None; ``base`` yields ``(dY_j, W_j)``
-    one at a time (a 4-bit ``W_j`` is dequantized as it is reached and freed after). When
-    ``dX`` starts empty and ``_gemm`` applies, the first base GEMM adds ``dXA A`` in its own
-    epilogue; otherwise ``dXA A`` comes first."""
-    for dY, W in base:
+    ``lora`` is ``(dXA, A)`` (scales already in ``dXA``) or None; ``base`` holds ``(dY_j, W_j,
+    quant_state_j)``, and a 4-bit ``W_j`` is dequantized (to ``dtype``) as it is reached and
+    freed after. When ``dX`` starts empty and ``_gemm`` applies, one kernel computes the whole
+    sum over 16-bit weights (up to three base GEMMs, one store); over 4-bit weights the first
+    base GEMM adds ``dXA A`` in its epilogue, so that only one dequantized weight is alive at a
+    time. Otherwise ``dXA A`` comes first."""
+    if dX is None and lora is not None and base and all(q is None for _, _, q in base):
+        (dY, W, _), *rest = base
+        more = [(dY_j, W_j) for dY_j, W_j, _ in rest]
+        if fusable(dY, W, *lora, more):
+            return lora_matmul(dY, W, *lora, 1.0, w_kn=True, more=more)
+    for dY, W, quant_state in base:
+        W = base_weight(W, quant_state, dtype)
         if dX is None and lora is not None and fusable(dY, W, *lora):
             dX = lora_matmul(dY, W, *lora, 1.0, w_kn=True)
         else:
             dX = _add_lora(dX, lora)
             dX = dY @ W if dX is None else dX.addmm_(dY, W)
         lora = None
-        del dY, W
+        del W
     return _add_lora(dX, lora)
 
 
@@ -332,15 +343,10 @@ def backward_input(
             A = torch.cat([A for _, A in terms])
         lora = (to(dXA, X_dtype), to(A, X_dtype))
     if want_dX:
-        dX = input_grad(dX, lora, _base_terms(projs, layouts, base_dYs, X_dtype))
+        base = [(dY, p.W, layout.quant_state)
+                for p, layout, dY in zip(projs, layouts, base_dYs, strict=True)]  # fmt: skip
+        dX = input_grad(dX, lora, base, X_dtype)
     return dX, grads, pending
-
-
-def _base_terms(
-    projs: Sequence[Proj], layouts: Sequence[Layout], dYs: Sequence[Tensor], dtype: torch.dtype
-) -> Iterator[tuple[Tensor, Tensor]]:
-    for p, layout, dY in zip(projs, layouts, dYs, strict=True):
-        yield dY, base_weight(p.W, layout.quant_state, dtype)
 
 
 def grad_A(

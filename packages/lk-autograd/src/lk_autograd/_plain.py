@@ -5,7 +5,8 @@ Each projection ``j`` has one adapter without dropout, DoRA or a LoRA bias, in `
 ``[o_j, k]`` (or bnb 4-bit), ``A_j`` ``[r_j, k]``, ``B_j`` ``[o_j, r_j]``::
 
     XA = X [A_1; A_2; ...]^T  (one GEMM, split by rank)
-    Y_j = s_j XA_j B_j^T + X W_j^T + bias_j          (_linear.lora_first)
+    Y_j = s_j XA_j B_j^T + X W_j^T + bias_j          (_linear.lora_first; without biases or
+                                                     4-bit weights, _gemm.lora_matmul_group)
 
     dB_j = s_j dY_j^T XA_j      dXA_j = s_j dY_j B_j      dbias_j = sum_N dY_j
     dX = [dXA_1, ...] [A_1; ...] + sum_j dY_j W_j       (_linear.input_grad)
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ._args import dropout_active
+from ._gemm import fusable_group, lora_matmul_group
 from ._linear import base_weight, input_grad, lora_first, scaled_mm
 from ._params import LoraParams
 
@@ -67,13 +69,16 @@ def flatten(params: Sequence[LoraParams]) -> list[Tensor | None]:
 
 def forward(ctx: Any, X: Tensor, plan: PlainLayout, flat: Sequence[Any]) -> list[Tensor]:
     """``[Y_1, ...]``; saves ``X``, ``XA`` and the tensors for ``backward``."""
-    As = flat[2::4]
+    Ws, biases, As, Bs = flat[0::4], flat[1::4], flat[2::4], flat[3::4]
     XA = X @ (As[0] if len(As) == 1 else torch.cat(As)).t()
     XAs = XA.split(plan.ranks, dim=1) if len(As) > 1 else (XA,)
-    outs = []
-    for j, (s, quant_state) in enumerate(zip(plan.s, plan.quant_states, strict=True)):
-        W, bias, _, B = flat[4 * j : 4 * j + 4]
-        outs.append(lora_first(X, base_weight(W, quant_state, X.dtype), bias, XAs[j], B, s))
+    unbiased_16bit = all(q is None for q in plan.quant_states) and all(b is None for b in biases)
+    if unbiased_16bit and fusable_group(X, Ws, XAs, Bs):
+        outs = lora_matmul_group(X, Ws, XAs, Bs, plan.s)
+    else:
+        qs = plan.quant_states
+        outs = [lora_first(X, base_weight(Ws[j], qs[j], X.dtype), biases[j], XAs[j], Bs[j], s)
+                for j, s in enumerate(plan.s)]  # fmt: skip
     ctx.plan = plan
     ctx.save_for_backward(X, XA, *flat)
     return outs
@@ -101,11 +106,9 @@ def backward(ctx: Any, dYs: Sequence[Tensor]) -> tuple[Any, ...]:
     dX = None
     if need[0]:
         As = flat[2::4]
-        base = (
-            (dY, base_weight(flat[4 * j], quant_state, X.dtype))
-            for j, (dY, quant_state) in enumerate(zip(dYs, plan.quant_states, strict=True))
-        )
-        dX = input_grad(None, (dXA, As[0] if n == 1 else torch.cat(As)), base)
+        Ws = flat[0::4]
+        base = list(zip(dYs, Ws, plan.quant_states, strict=True))
+        dX = input_grad(None, (dXA, As[0] if n == 1 else torch.cat(As)), base, X.dtype)
     if any(need_A):
         dA = dXA.t() @ X
         for j, dA_j in enumerate(dA.split(plan.ranks) if n > 1 else (dA,)):
