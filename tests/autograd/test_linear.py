@@ -119,3 +119,14 @@ def test_plain_path_only_for_plain_adapters(block, monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ours(model, _X(2, 3, dtype=torch.float32))
     assert not calls
+
+
+def test_fused_gemm_declines_cpu_tensors(monkeypatch):
+    """Off the GPU, whatever the sizes, ``_gemm`` declines and the cuBLAS/CPU ops run."""
+    from lk_autograd import _gemm
+
+    monkeypatch.setattr(_gemm, "_MIN_OUTPUT", 0)
+    X, W, XA, U = torch.randn(8, 16), torch.randn(32, 16), torch.randn(8, 8), torch.randn(32, 8)
+    assert not _gemm.fusable(X, W, XA, U)
+    assert not _gemm.fusable(X, W, XA, U, [(X, W)])
+    assert not _gemm.fusable_group(X, [W, W], [XA, XA], [U, U])

@@ -104,7 +104,7 @@ def fusable_group(
 
 
 def _fits(
-    X: Tensor, W: Tensor, XA: Tensor, U: Tensor, more: Sequence[tuple[Tensor, Tensor]]
+    X: Tensor, W: Tensor, XA: Tensor, U: Tensor, more: Sequence[tuple[Tensor, Tensor]] = ()
 ) -> bool:
     """Everything ``fusable`` asks but the output's size."""
     if not _enabled or triton is None or not X.is_cuda or torch.compiler.is_compiling():
