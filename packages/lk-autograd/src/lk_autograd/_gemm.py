@@ -21,6 +21,9 @@ descriptors, which zero-fill past the edges: any M, N and K, and a rank below th
 
 ``fusable`` says when it applies; callers use the cuBLAS path otherwise, which computes the
 same sum (up to rounding: here the LoRA term is never rounded to the output dtype on its own).
+Building the TMA descriptors needs a current CUDA context on the calling thread: a thread that
+has run no CUDA op yet has none ("invalid device context"). The Functions always run a cuBLAS
+GEMM on the thread first, which makes the device's primary context current.
 """
 
 from __future__ import annotations
