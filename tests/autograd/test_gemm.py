@@ -65,6 +65,21 @@ def test_lora_matmul_against_float64(M, N, K, r, s, w_kn, dtype, view):
     assert err <= 1.25 * rel_err(pair, ref) + 1e-4, (err, rel_err(pair, ref))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_lora_matmul_bias_against_float64(dtype):
+    """A biased projection's output (Qwen2's q/k/v) against float64, no worse than the cuBLAS
+    path for a bias (``lora_first``: bias and LoRA term first, the base GEMM onto them)."""
+    M, N, K, r, s = 130, 264, 72, 16, 0.5
+    X, W, XA, U = _case(M, N, K, r, False, dtype, False)
+    bias = torch.randn(N, device="cuda", dtype=dtype)
+    assert _gemm.fusable(X, W, XA, U, bias=bias)
+    assert not _gemm.fusable(X, W, XA, U, bias=bias.float())  # another dtype: cuBLAS
+    ref = X.double() @ W.double().t() + s * (XA.double() @ U.double().t()) + bias.double()
+    pair = torch.addmm(bias, XA, U.t(), alpha=s).addmm_(X, W.t())
+    err = rel_err(_gemm.lora_matmul(X, W, XA, U, s, False, bias=bias), ref)
+    assert err <= 1.25 * rel_err(pair, ref) + 1e-4, (err, rel_err(pair, ref))
+
+
 @pytest.mark.parametrize("w_kn", [False, True], ids=["XWt", "XW"])
 @pytest.mark.parametrize("extra_ks", [(24,), (520, 72)], ids=["one-more", "two-more"])
 def test_lora_matmul_sums_more_pairs(w_kn, extra_ks):
@@ -93,20 +108,27 @@ def test_lora_matmul_sums_more_pairs(w_kn, extra_ks):
     [((264, 40, 40), (8, 8, 8), (2.0, 2.0, 2.0)), ((48, 520), (24, 16), (1.0, 0.3))],
     ids=["q-k-v-tails", "two-ranks-scales"],
 )
-def test_lora_matmul_group_against_float64(dtype, Ns, ranks, ss):
-    """Each output of the grouped launch (column slices of one ``XA``, as ``_plain`` splits it)
-    against float64, no worse than cuBLAS's LoRA-first pair for that output."""
+@pytest.mark.parametrize("with_bias", [False, True], ids=["no-bias", "bias"])
+def test_lora_matmul_group_against_float64(dtype, Ns, ranks, ss, with_bias):
+    """Each output of the grouped launch (column slices of one ``XA``, as ``_plain`` splits it;
+    with a bias on all but the second) against float64, no worse than the cuBLAS path for that
+    output."""
     M, K = 130, 72
     X = torch.randn(M, K, device="cuda", dtype=dtype)
     XA = torch.randn(M, sum(ranks), device="cuda", dtype=dtype)
     XAs = XA.split(ranks, dim=1)
     Ws = [torch.randn(N, K, device="cuda", dtype=dtype) / K**0.5 for N in Ns]
     Bs = [torch.randn(N, r, device="cuda", dtype=dtype) for N, r in zip(Ns, ranks, strict=True)]
-    assert _gemm.fusable_group(X, Ws, XAs, Bs)
-    outs = _gemm.lora_matmul_group(X, Ws, XAs, Bs, ss)
-    for Y, W, XA_j, B, s in zip(outs, Ws, XAs, Bs, ss, strict=True):
+    biases = [torch.randn(N, device="cuda", dtype=dtype) if with_bias and j != 1 else None
+              for j, N in enumerate(Ns)]  # fmt: skip
+    assert _gemm.fusable_group(X, Ws, XAs, Bs, biases)
+    outs = _gemm.lora_matmul_group(X, Ws, XAs, Bs, ss, biases)
+    for Y, W, XA_j, B, s, bias in zip(outs, Ws, XAs, Bs, ss, biases, strict=True):
         ref = X.double() @ W.double().t() + s * (XA_j.double() @ B.double().t())
         pair = torch.addmm(XA_j @ B.t(), X, W.t(), beta=s)
+        if bias is not None:
+            ref += bias.double()
+            pair = torch.addmm(bias, XA_j, B.t(), alpha=s).addmm_(X, W.t())
         assert Y.shape == ref.shape
         assert rel_err(Y, ref) <= 1.25 * rel_err(pair, ref) + 1e-4, (rel_err(Y, ref), s)
 
@@ -161,11 +183,13 @@ def test_set_fused_gemm_turns_it_off():
     assert _gemm.fusable(X, W, XA, U)
 
 
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
 @pytest.mark.parametrize("block", ["mlp", "qkv", "o"])
-def test_functions_take_the_fused_gemm(block, monkeypatch):
-    """bf16 adapters of rank 8 on 8-aligned shapes: every projection's forward and each input
-    gradient go through ``lora_matmul`` (an input gradient in one call over all the block's
-    projections of that input), and the block still matches PEFT in float64."""
+def test_functions_take_the_fused_gemm(block, bias, monkeypatch):
+    """bf16 adapters of rank 8 on 8-aligned shapes, base biases or not: every projection's
+    forward and each input gradient go through ``lora_matmul`` (an input gradient in one call
+    over all the block's projections of that input), and the block still matches PEFT in
+    float64."""
     dev = "cuda"
     calls = []
     real = _gemm.lora_matmul
@@ -181,7 +205,7 @@ def test_functions_take_the_fused_gemm(block, monkeypatch):
     real_group = _gemm.lora_matmul_group
     monkeypatch.setattr(linear, "lora_matmul", counting)
     monkeypatch.setattr(plain, "lora_matmul_group", counting_group)
-    model = make_model(torch.bfloat16, r=8, autocast_adapter_dtype=False).to(dev)
+    model = make_model(torch.bfloat16, bias=bias, r=8, autocast_adapter_dtype=False).to(dev)
     ref = copy.deepcopy(model).double()
     X = torch.randn(4, 40, 16, device=dev, dtype=torch.bfloat16, requires_grad=True)
     errs = compare(block, model, X, ref_model=ref, ref_X=X.detach().double().requires_grad_())

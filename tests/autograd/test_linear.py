@@ -130,3 +130,5 @@ def test_fused_gemm_declines_cpu_tensors(monkeypatch):
     assert not _gemm.fusable(X, W, XA, U)
     assert not _gemm.fusable(X, W, XA, U, [(X, W)])
     assert not _gemm.fusable_group(X, [W, W], [XA, XA], [U, U])
+    with pytest.raises(ValueError, match="a bias belongs to a projection's output"):
+        _gemm.lora_matmul(X, W.t(), XA, U.t(), 1.0, w_kn=True, bias=torch.randn(32))

@@ -2,13 +2,15 @@
 
 With ``X`` ``[M, K]`` and a rank-``r`` pair ``XA`` ``[M, r]``, ``U``::
 
-    Y = X W^T + s XA U^T      W [N, K], U = B [N, r]   (a projection's output)
-    Y = X W   + s XA U        W [K, N], U = A [r, N]   (its input gradient: dX = dY W + dXA A)
+    Y = X W^T + s XA U^T (+ bias)   W [N, K], U = B [N, r]   (a projection's output)
+    Y = X W   + s XA U              W [K, N], U = A [r, N]   (its input gradient: dY W + dXA A)
 
 Up to two more base pairs ``X_j W_j`` (each with its own ``K_j``) run into the same accumulator
 one after the other: the input gradient of projections that share an input, ``dX = dY_q W_q +
 dY_k W_k + dY_v W_v + dXA A`` (or gate and up), in one kernel and one store, where cuBLAS
-reads and rewrites ``dX`` once per extra projection.
+reads and rewrites ``dX`` once per extra projection. ``lora_matmul_group`` computes two or
+three projections of one input (q, k and v) in one launch. A base bias (Qwen2's q/k/v) is added
+to the fp32 accumulator in the epilogue too, as cuBLAS's bias epilogue does.
 
 cuBLAS has no epilogue for a rank-r product, so ``_linear.lora_first`` writes ``s XA U^T`` first
 and the base GEMM reads it back as C: an extra write and read of the ``[M, N]`` output, about
@@ -83,31 +85,48 @@ def _aligned(t: Tensor) -> bool:
 
 
 def fusable(
-    X: Tensor, W: Tensor, XA: Tensor, U: Tensor, more: Sequence[tuple[Tensor, Tensor]] = ()
+    X: Tensor,
+    W: Tensor,
+    XA: Tensor,
+    U: Tensor,
+    more: Sequence[tuple[Tensor, Tensor]] = (),
+    bias: Tensor | None = None,
 ) -> bool:
     """True when ``lora_matmul`` can and should run on these tensors (and the extra base pairs
-    ``more``): enabled (``set_fused_gemm``), NVIDIA sm_90+, eager (torch.compile keeps cuBLAS),
-    one 16-bit dtype, a rank that is a multiple of 8 up to ``_MAX_RANK``, at most
-    ``_MAX_MORE`` extra pairs, TMA-aligned 2-D layouts, an output of at least ``_MIN_OUTPUT``
-    elements. (Not under ``TRITON_INTERPRET=1``: Triton 3.9's interpreter loads bf16 through TMA
-    descriptors wrongly, 3.6's cannot run the persistent loop.)"""
+    ``more``, or the bias): enabled (``set_fused_gemm``), NVIDIA sm_90+, eager (torch.compile
+    keeps cuBLAS), one 16-bit dtype, a rank that is a multiple of 8 up to ``_MAX_RANK``, at
+    most ``_MAX_MORE`` extra pairs, TMA-aligned 2-D layouts, a contiguous bias, an output of at
+    least ``_MIN_OUTPUT`` elements. (Not under ``TRITON_INTERPRET=1``: Triton 3.9's interpreter
+    loads bf16 through TMA descriptors wrongly, 3.6's cannot run the persistent loop; the
+    kernels run there on float32 CPU tensors, for the tests.)"""
     r = XA.shape[1]
     big = r > 0 and X.shape[0] * (U.numel() // r) >= _MIN_OUTPUT  # M x N
-    return big and _fits(X, W, XA, U, more)
+    return big and _fits(X, W, XA, U, more, bias)
 
 
 def fusable_group(
-    X: Tensor, Ws: Sequence[Tensor], XAs: Sequence[Tensor], Us: Sequence[Tensor]
+    X: Tensor,
+    Ws: Sequence[Tensor],
+    XAs: Sequence[Tensor],
+    Us: Sequence[Tensor],
+    biases: Sequence[Tensor | None] | None = None,
 ) -> bool:
     """True when ``lora_matmul_group`` can and should run: two or three outputs, each on which
     ``lora_matmul`` could run, of at least ``_MIN_OUTPUT`` elements together."""
     if not 1 < len(Ws) <= _MAX_GROUP or X.shape[0] * sum(W.shape[0] for W in Ws) < _MIN_OUTPUT:
         return False
-    return all(_fits(X, W, XA, U) for W, XA, U in zip(Ws, XAs, Us, strict=True))
+    biases = biases or [None] * len(Ws)
+    parts = zip(Ws, XAs, Us, biases, strict=True)
+    return all(_fits(X, W, XA, U, (), bias) for W, XA, U, bias in parts)
 
 
 def _fits(
-    X: Tensor, W: Tensor, XA: Tensor, U: Tensor, more: Sequence[tuple[Tensor, Tensor]] = ()
+    X: Tensor,
+    W: Tensor,
+    XA: Tensor,
+    U: Tensor,
+    more: Sequence[tuple[Tensor, Tensor]] = (),
+    bias: Tensor | None = None,
 ) -> bool:
     """Everything ``fusable`` asks but the output's size."""
     if not _enabled or triton is None or not X.is_cuda or torch.compiler.is_compiling():
@@ -118,9 +137,16 @@ def _fits(
     tensors = (X, W, XA, U, *(t for pair in more for t in pair))
     if X.dtype not in _DTYPES or any(t.dtype != X.dtype for t in tensors):
         return False
+    if bias is not None and (bias.dtype != X.dtype or bias.dim() != 1 or bias.stride(0) != 1):
+        return False
     if not all(_aligned(t) for t in tensors):
         return False
     return _has_tma(X.device.index or 0)
+
+
+def _programs(X: Tensor) -> int:
+    """Persistent programs: one per SM; three under the interpreter (CPU tensors, tests)."""
+    return _sm_count(X.device.index or 0) if X.is_cuda else 3
 
 
 def _rank_block(XAs: Sequence[Tensor]) -> int:
@@ -136,12 +162,15 @@ def lora_matmul(
     s: float,
     w_kn: bool,
     more: Sequence[tuple[Tensor, Tensor]] = (),
+    bias: Tensor | None = None,
 ) -> Tensor:
-    """``X W^T + s XA U^T`` (``w_kn=False``) or ``X W + s XA U`` (``w_kn=True``), plus
+    """``X W^T + s XA U^T (+ bias)`` (``w_kn=False``) or ``X W + s XA U`` (``w_kn=True``), plus
     ``X_j W_j^T`` (or ``X_j W_j``) for each pair of ``more``; see the module docstring. The
     caller checks ``fusable`` first."""
     M = X.shape[0]
     N = W.shape[1] if w_kn else W.shape[0]
+    if bias is not None and w_kn:
+        raise ValueError("lora_matmul: a bias belongs to a projection's output (w_kn=False)")
     for X_j, W_j in more:
         if X_j.shape[0] != M or (W_j.shape[1] if w_kn else W_j.shape[0]) != N:
             raise ValueError(f"lora_matmul: extra pair {tuple(X_j.shape)} x {tuple(W_j.shape)} "
@@ -150,7 +179,7 @@ def lora_matmul(
     # 128x256 tiles, three stages: 1.02x cuBLAS on the bare 8192x14336x4096 GEMM on an H200.
     BM, BN, BK = 128, 256, 64
     Y = torch.empty(M, N, device=X.device, dtype=X.dtype)
-    n_sm = _sm_count(X.device.index or 0)
+    n_sm = _programs(X)
     tiles = triton.cdiv(M, BM) * triton.cdiv(N, BN)
     pairs: list[Any] = []  # X_j, W_j descriptors and K_j of the three pairs; None when absent
     for X_j, W_j in ((X, W), *more):
@@ -163,6 +192,7 @@ def lora_matmul(
         TensorDescriptor.from_tensor(XA, [BM, R]),
         TensorDescriptor.from_tensor(U, [R, BN] if w_kn else [BN, R]),
         TensorDescriptor.from_tensor(Y, [BM, BN // 2]),
+        bias,
         M,
         N,
         s,
@@ -172,6 +202,7 @@ def lora_matmul(
         GROUP_M=8,
         N_SM=n_sm,
         PAIRS=1 + len(more),
+        HAS_BIAS=bias is not None,
         W_KN=w_kn,
         SCALE=s != 1,
         num_stages=3,
@@ -186,22 +217,25 @@ def lora_matmul_group(
     XAs: Sequence[Tensor],
     Us: Sequence[Tensor],
     ss: Sequence[float],
+    biases: Sequence[Tensor | None] | None = None,
 ) -> list[Tensor]:
-    """``[X W_j^T + s_j XA_j U_j^T for each j]``, two or three projections of one ``X`` (q, k
-    and v) in one launch: their tiles are dealt to the same persistent programs in turn. The
-    caller checks ``fusable_group`` first."""
+    """``[X W_j^T + s_j XA_j U_j^T (+ bias_j) for each j]``, two or three projections of one
+    ``X`` (q, k and v) in one launch: their tiles are dealt to the same persistent programs in
+    turn. The caller checks ``fusable_group`` first."""
     M, K = X.shape
     R = _rank_block(XAs)
     BM, BN, BK = 128, 256, 64  # lora_matmul's
-    n_sm = _sm_count(X.device.index or 0)
+    n_sm = _programs(X)
     outs = [torch.empty(M, W.shape[0], device=X.device, dtype=X.dtype) for W in Ws]
+    biases = biases or [None] * len(Ws)
     args: list[Any] = []
-    for W, XA, U, Y, s in zip(Ws, XAs, Us, outs, ss, strict=True):
+    for W, XA, U, Y, s, bias in zip(Ws, XAs, Us, outs, ss, biases, strict=True):
         args += (TensorDescriptor.from_tensor(W, [BN, BK]),
                  TensorDescriptor.from_tensor(XA, [BM, R]),
                  TensorDescriptor.from_tensor(U, [BN, R]),
-                 TensorDescriptor.from_tensor(Y, [BM, BN // 2]), W.shape[0], s)  # fmt: skip
-    args += (None, None, None, None, 0, 1.0) * (_MAX_GROUP - len(Ws))
+                 TensorDescriptor.from_tensor(Y, [BM, BN // 2]), bias, W.shape[0], s)  # fmt: skip
+    args += (None, None, None, None, None, 0, 1.0) * (_MAX_GROUP - len(Ws))
+    has_bias = [b is not None for b in biases] + [False] * (_MAX_GROUP - len(Ws))
     tiles = triton.cdiv(M, BM) * sum(triton.cdiv(W.shape[0], BN) for W in Ws)
     _grouped_kernel[(min(n_sm, tiles),)](
         TensorDescriptor.from_tensor(X, [BM, BK]),
@@ -215,6 +249,9 @@ def lora_matmul_group(
         N_SM=n_sm,
         OUTPUTS=len(Ws),
         SCALE=any(s != 1 for s in ss),
+        HAS_BIAS0=has_bias[0],
+        HAS_BIAS1=has_bias[1],
+        HAS_BIAS2=has_bias[2],
         num_stages=3,
         num_warps=8,
     )
@@ -244,9 +281,10 @@ if triton is not None:
     @triton.jit
     def _tiles(
         first, x_desc, w_desc, K, x1_desc, w1_desc, K1, x2_desc, w2_desc, K2,
-        xa_desc, u_desc, y_desc, M, N, s,
+        xa_desc, u_desc, y_desc, bias_ptr, M, N, s,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
         N_SM: tl.constexpr, PAIRS: tl.constexpr, W_KN: tl.constexpr, SCALE: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
     ):  # fmt: skip
         """One output's tiles ``first``, ``first + N_SM``, ...: the persistent loop."""
         n_m = tl.cdiv(M, BM)
@@ -267,6 +305,10 @@ if triton is not None:
                 acc = tl.dot(xa, u_desc.load([0, on]), acc)
             else:
                 acc = tl.dot(xa, u_desc.load([on, 0]).T, acc)
+            if HAS_BIAS:
+                cols = on + tl.arange(0, BN)
+                bias = tl.load(bias_ptr + cols, mask=cols < N, other=0.0)
+                acc += bias.to(tl.float32)[None, :]
             # Two half-width stores: half the shared-memory staging of one full-tile store.
             left, right = tl.split(tl.permute(tl.reshape(acc, (BM, 2, BN // 2)), (0, 2, 1)))
             y_desc.store([om, on], left.to(y_desc.dtype))
@@ -275,13 +317,15 @@ if triton is not None:
     @triton.jit
     def _kernel(
         x_desc, w_desc, K, x1_desc, w1_desc, K1, x2_desc, w2_desc, K2,
-        xa_desc, u_desc, y_desc, M, N, s,
+        xa_desc, u_desc, y_desc, bias_ptr, M, N, s,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
         N_SM: tl.constexpr, PAIRS: tl.constexpr, W_KN: tl.constexpr, SCALE: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
     ):  # fmt: skip
         _tiles(
             tl.program_id(0), x_desc, w_desc, K, x1_desc, w1_desc, K1, x2_desc, w2_desc, K2,
-            xa_desc, u_desc, y_desc, M, N, s, BM, BN, BK, GROUP_M, N_SM, PAIRS, W_KN, SCALE,
+            xa_desc, u_desc, y_desc, bias_ptr, M, N, s, BM, BN, BK, GROUP_M, N_SM, PAIRS, W_KN,
+            SCALE, HAS_BIAS,
         )  # fmt: skip
 
     @triton.jit
@@ -293,26 +337,30 @@ if triton is not None:
     @triton.jit
     def _grouped_kernel(
         x_desc, K, M,
-        w0_desc, xa0_desc, u0_desc, y0_desc, N0, s0,
-        w1_desc, xa1_desc, u1_desc, y1_desc, N1, s1,
-        w2_desc, xa2_desc, u2_desc, y2_desc, N2, s2,
+        w0_desc, xa0_desc, u0_desc, y0_desc, b0_ptr, N0, s0,
+        w1_desc, xa1_desc, u1_desc, y1_desc, b1_ptr, N1, s1,
+        w2_desc, xa2_desc, u2_desc, y2_desc, b2_ptr, N2, s2,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
         N_SM: tl.constexpr, OUTPUTS: tl.constexpr, SCALE: tl.constexpr,
+        HAS_BIAS0: tl.constexpr, HAS_BIAS1: tl.constexpr, HAS_BIAS2: tl.constexpr,
     ):  # fmt: skip
-        """``Y_j = X W_j^T + s_j XA_j U_j^T`` for up to three outputs of one ``X``."""
+        """``Y_j = X W_j^T + s_j XA_j U_j^T (+ b_j)`` for up to three outputs of one ``X``."""
         _tiles(
             tl.program_id(0), x_desc, w0_desc, K, None, None, 0, None, None, 0,
-            xa0_desc, u0_desc, y0_desc, M, N0, s0, BM, BN, BK, GROUP_M, N_SM, 1, False, SCALE,
+            xa0_desc, u0_desc, y0_desc, b0_ptr, M, N0, s0, BM, BN, BK, GROUP_M, N_SM, 1, False,
+            SCALE, HAS_BIAS0,
         )  # fmt: skip
         done = tl.cdiv(M, BM) * tl.cdiv(N0, BN)
         if OUTPUTS > 1:
             _tiles(
                 _first(done, N_SM), x_desc, w1_desc, K, None, None, 0, None, None, 0,
-                xa1_desc, u1_desc, y1_desc, M, N1, s1, BM, BN, BK, GROUP_M, N_SM, 1, False, SCALE,
+                xa1_desc, u1_desc, y1_desc, b1_ptr, M, N1, s1, BM, BN, BK, GROUP_M, N_SM, 1,
+                False, SCALE, HAS_BIAS1,
             )  # fmt: skip
             done += tl.cdiv(M, BM) * tl.cdiv(N1, BN)
         if OUTPUTS > 2:
             _tiles(
                 _first(done, N_SM), x_desc, w2_desc, K, None, None, 0, None, None, 0,
-                xa2_desc, u2_desc, y2_desc, M, N2, s2, BM, BN, BK, GROUP_M, N_SM, 1, False, SCALE,
+                xa2_desc, u2_desc, y2_desc, b2_ptr, M, N2, s2, BM, BN, BK, GROUP_M, N_SM, 1,
+                False, SCALE, HAS_BIAS2,
             )  # fmt: skip

@@ -166,12 +166,12 @@ def _lora_inputs(X: Tensor, projs: Sequence[Proj]) -> list[list[Tensor]]:
 def lora_first(
     X: Tensor, W: Tensor, bias: Tensor | None, XA: Tensor, B: Tensor, s: float
 ) -> Tensor:
-    """``s XA B^T + X W^T + bias`` for one adapter in ``X``'s dtype. Without a bias, where
-    ``_gemm`` applies, one Triton GEMM adds the LoRA term in its epilogue. Otherwise the LoRA
-    term comes first and the base GEMM accumulates onto it in place (its epilogue reads C), one
-    pass fewer over the [N, o] output than adding the term afterwards."""
-    if bias is None and fusable(X, W, XA, B):
-        return lora_matmul(X, W, XA, B, s, w_kn=False)
+    """``s XA B^T + X W^T + bias`` for one adapter in ``X``'s dtype. Where ``_gemm`` applies,
+    one Triton GEMM adds the LoRA term (and the bias) in its epilogue. Otherwise the LoRA term
+    comes first and the base GEMM accumulates onto it in place (its epilogue reads C), one pass
+    fewer over the [N, o] output than adding the term afterwards."""
+    if fusable(X, W, XA, B, bias=bias):
+        return lora_matmul(X, W, XA, B, s, w_kn=False, bias=bias)
     if bias is None:
         out, beta = XA @ B.t(), s
     else:

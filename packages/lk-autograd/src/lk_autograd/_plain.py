@@ -5,8 +5,8 @@ Each projection ``j`` has one adapter without dropout, DoRA or a LoRA bias, in `
 ``[o_j, k]`` (or bnb 4-bit), ``A_j`` ``[r_j, k]``, ``B_j`` ``[o_j, r_j]``::
 
     XA = X [A_1; A_2; ...]^T  (one GEMM, split by rank)
-    Y_j = s_j XA_j B_j^T + X W_j^T + bias_j          (_linear.lora_first; without biases or
-                                                     4-bit weights, _gemm.lora_matmul_group)
+    Y_j = s_j XA_j B_j^T + X W_j^T + bias_j          (_linear.lora_first; without 4-bit
+                                                     weights, _gemm.lora_matmul_group)
 
     dB_j = s_j dY_j^T XA_j      dXA_j = s_j dY_j B_j      dbias_j = sum_N dY_j
     dX = [dXA_1, ...] [A_1; ...] + sum_j dY_j W_j       (_linear.input_grad)
@@ -72,9 +72,8 @@ def forward(ctx: Any, X: Tensor, plan: PlainLayout, flat: Sequence[Any]) -> list
     Ws, biases, As, Bs = flat[0::4], flat[1::4], flat[2::4], flat[3::4]
     XA = X @ (As[0] if len(As) == 1 else torch.cat(As)).t()
     XAs = XA.split(plan.ranks, dim=1) if len(As) > 1 else (XA,)
-    unbiased_16bit = all(q is None for q in plan.quant_states) and all(b is None for b in biases)
-    if unbiased_16bit and fusable_group(X, Ws, XAs, Bs):
-        outs = lora_matmul_group(X, Ws, XAs, Bs, plan.s)
+    if all(q is None for q in plan.quant_states) and fusable_group(X, Ws, XAs, Bs, biases):
+        outs = lora_matmul_group(X, Ws, XAs, Bs, plan.s, biases)
     else:
         qs = plan.quant_states
         outs = [lora_first(X, base_weight(Ws[j], qs[j], X.dtype), biases[j], XAs[j], Bs[j], s)
