@@ -52,7 +52,7 @@ _MAX_RANK = 64
 # A launch with five TMA descriptors costs ~45 us more host time than cuBLAS's pair (H200
 # host, 88 vs 37 us per call), and the pass it saves is worth 7-15 us of GPU on an 8192x1024
 # output (k/v) but ~60 us on 8192x4096 (q, o) and ~150-300 us on 8192x14336 (the MLP).
-# Smaller outputs stay on cuBLAS.
+# Smaller outputs stay on cuBLAS; a group (q, k and v in one launch) counts its outputs together.
 _MIN_OUTPUT = 1 << 25
 _MAX_MORE = 2  # extra base pairs: q/k/v's input gradient has three
 _MAX_GROUP = 3  # outputs of one launch: q, k and v
