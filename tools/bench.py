@@ -202,7 +202,8 @@ def bar_positions(groups: list[int], index: int, count: int) -> tuple[list[float
 
 
 def micro_chart(payload: dict, figure: Figure) -> None:
-    """Per block, grouped bars of the ratio to floor per (base, r), one per implementation."""
+    """Per block, grouped bars of the ratio to floor per (base, r), one per implementation; a
+    black tick on each bar at its CUDA-graph ratio (the GPU's time alone), where measured."""
     rows = payload["rows"]
     impls = impls_in(rows)
     blocks = list(dict.fromkeys(r["block"] for r in rows))
@@ -212,6 +213,10 @@ def micro_chart(payload: dict, figure: Figure) -> None:
             positions, width = bar_positions(list(range(len(found))), i, len(impls))
             ratios = [r.get(f"{impl}_x", float("nan")) for r in found]
             ax.bar(positions, ratios, width, label=impl)
+            graph = [r.get(f"{impl}_graph_x", float("nan")) for r in found]
+            label = "CUDA graph" if i == 0 and block == blocks[0] else None
+            ax.hlines(graph, [p - width / 2 for p in positions], [p + width / 2 for p in positions],
+                      colors="black", linewidth=2, label=label)  # fmt: skip
         ax.axhline(FLOOR, color="black", linestyle="--", linewidth=1, label="floor")
         ax.axhline(TARGET, color="red", linestyle=":", linewidth=1, label=f"target {TARGET}x")
         ax.set_xticks(range(len(found)), [f"{r['base']} r{r['r']}" for r in found])
