@@ -247,6 +247,8 @@ def measure(fn: Callable, m: nn.Module, X: Tensor, dYs: list[Tensor], row: dict)
     try:
         figures["graph_ms"] = graph_ms(step)
     except Exception as err:  # a peer that syncs or allocates outside the graph's pool
+        # Recorded, and the run goes on; but a failed capture can leave CUDA's RNG in capture
+        # mode, so later random draws may fail too ("Offset increment outside graph capture").
         figures["graph_failure"] = repr(err)[:200]
         torch.cuda.synchronize()
     else:
