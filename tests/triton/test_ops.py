@@ -70,9 +70,13 @@ def test_torch_compile_fullgraph(name, device):
     loss.backward()
 
     g, u = (t.detach().double().requires_grad_() for t in (gate, up))
-    ref = (act(g) * u * 3).sum()
+    terms = act(g) * u * 3
+    ref = terms.sum()
     ref.backward()
-    assert rel_err(loss, ref) < 1e-5
+    # The loss sums terms of both signs, so its float32 error scales with the terms' total
+    # magnitude, not with the sum itself, which can cancel to near zero (seen: 1.5e-4 relative
+    # to a sum of 0.03 over 330 terms).
+    assert abs(loss.item() - ref.item()) < 1e-5 * terms.abs().sum().item()
     assert rel_err(gate.grad, g.grad) < 1e-5
     assert rel_err(up.grad, u.grad) < 1e-5
 
