@@ -154,8 +154,9 @@ def _programs(X: Tensor) -> int:
 
 
 def _rank_block(XAs: Sequence[Tensor]) -> int:
-    """The LoRA product's K tile: the largest rank, a power of two, at least 16 (``tl.dot``)."""
-    return max(16, triton.next_power_of_2(max(XA.shape[1] for XA in XAs)))
+    """The LoRA product's K tile: the largest rank, a power of two, at least 16 (``tl.dot``).
+    (``1 << (r - 1).bit_length()`` rather than ``triton.next_power_of_2``: ~5 us less host.)"""
+    return max(16, 1 << (max(XA.shape[1] for XA in XAs) - 1).bit_length())
 
 
 def lora_matmul(
