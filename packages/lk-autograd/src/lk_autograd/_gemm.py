@@ -105,7 +105,7 @@ def fusable(
     kernels run there on float32 CPU tensors, for the tests.)"""
     r = XA.shape[1]
     big = r > 0 and X.shape[0] * (U.numel() // r) >= _MIN_OUTPUT  # M x N
-    return big and _fits(X, W, XA, U, more, bias)
+    return big and _runs_here(X) and _operands_fit(X, W, XA, U, more, bias)
 
 
 def fusable_group(
@@ -119,22 +119,28 @@ def fusable_group(
     ``lora_matmul`` could run, of at least ``_MIN_OUTPUT`` elements together."""
     if not 1 < len(Ws) <= _MAX_GROUP or X.shape[0] * sum(W.shape[0] for W in Ws) < _MIN_OUTPUT:
         return False
-    biases = biases or [None] * len(Ws)
-    parts = zip(Ws, XAs, Us, biases, strict=True)
-    return all(_fits(X, W, XA, U, (), bias) for W, XA, U, bias in parts)
+    if not _runs_here(X):
+        return False
+    parts = zip(Ws, XAs, Us, biases or [None] * len(Ws), strict=True)
+    return all(_operands_fit(X, W, XA, U, (), bias) for W, XA, U, bias in parts)
 
 
-def _fits(
+def _runs_here(X: Tensor) -> bool:
+    """The process and device ``fusable`` asks for: enabled, Triton, eager, NVIDIA sm_90+."""
+    if not _enabled or triton is None or not X.is_cuda or torch.compiler.is_compiling():
+        return False
+    return _has_tma(X.device.index or 0)
+
+
+def _operands_fit(
     X: Tensor,
     W: Tensor,
     XA: Tensor,
     U: Tensor,
-    more: Sequence[tuple[Tensor, Tensor]] = (),
-    bias: Tensor | None = None,
+    more: Sequence[tuple[Tensor, Tensor]],
+    bias: Tensor | None,
 ) -> bool:
-    """Everything ``fusable`` asks but the output's size."""
-    if not _enabled or triton is None or not X.is_cuda or torch.compiler.is_compiling():
-        return False
+    """The operands ``fusable`` asks for: rank, dtypes, bias layout, TMA alignment."""
     r = XA.shape[1]
     if r % 8 or r > _MAX_RANK or len(more) > _MAX_MORE:
         return False
@@ -143,14 +149,16 @@ def _fits(
         return False
     if bias is not None and (bias.dtype != X.dtype or bias.dim() != 1 or bias.stride(0) != 1):
         return False
-    if not all(_aligned(t) for t in tensors):
-        return False
-    return _has_tma(X.device.index or 0)
+    return all(_aligned(t) for t in tensors)
 
 
-def _programs(X: Tensor) -> int:
-    """Persistent programs: one per SM; three under the interpreter (CPU tensors, tests)."""
-    return _sm_count(X.device.index or 0) if X.is_cuda else 3
+def _launch_options(X: Tensor) -> dict[str, Any]:
+    """Both launchers' tile, grouping, pipeline and persistence options (``_TILE``): one
+    persistent program per SM; three under the interpreter (CPU tensors, tests)."""
+    BM, BN, BK = _TILE
+    n_sm = _sm_count(X.device.index or 0) if X.is_cuda else 3
+    return {"BM": BM, "BN": BN, "BK": BK, "GROUP_M": 8, "N_SM": n_sm,
+            "num_stages": 3, "num_warps": 8}  # fmt: skip
 
 
 def _rank_block(XAs: Sequence[Tensor]) -> int:
@@ -183,7 +191,7 @@ def lora_matmul(
     R = _rank_block([XA])
     BM, BN, BK = _TILE
     Y = torch.empty(M, N, device=X.device, dtype=X.dtype)
-    n_sm = _programs(X)
+    options = _launch_options(X)
     tiles = triton.cdiv(M, BM) * triton.cdiv(N, BN)
     pairs: list[Any] = []  # X_j, W_j descriptors and K_j of the three pairs; None when absent
     for X_j, W_j in ((X, W), *more):
@@ -191,7 +199,7 @@ def lora_matmul(
                   TensorDescriptor.from_tensor(W_j, [BK, BN] if w_kn else [BN, BK]),
                   X_j.shape[1])  # fmt: skip
     pairs += (None, None, 0) * (_MAX_MORE - len(more))
-    _kernel[(min(n_sm, tiles),)](
+    _kernel[(min(options["N_SM"], tiles),)](
         *pairs,
         TensorDescriptor.from_tensor(XA, [BM, R]),
         TensorDescriptor.from_tensor(U, [R, BN] if w_kn else [BN, R]),
@@ -200,17 +208,11 @@ def lora_matmul(
         M,
         N,
         s,
-        BM=BM,
-        BN=BN,
-        BK=BK,
-        GROUP_M=8,
-        N_SM=n_sm,
         PAIRS=1 + len(more),
         HAS_BIAS=bias is not None,
         W_KN=w_kn,
         SCALE=s != 1,
-        num_stages=3,
-        num_warps=8,
+        **options,
     )
     return Y
 
@@ -229,7 +231,7 @@ def lora_matmul_group(
     M, K = X.shape
     R = _rank_block(XAs)
     BM, BN, BK = _TILE
-    n_sm = _programs(X)
+    options = _launch_options(X)
     outs = [torch.empty(M, W.shape[0], device=X.device, dtype=X.dtype) for W in Ws]
     biases = biases or [None] * len(Ws)
     args: list[Any] = []
@@ -241,23 +243,17 @@ def lora_matmul_group(
     args += (None, None, None, None, None, 0, 1.0) * (_MAX_GROUP - len(Ws))
     has_bias = [b is not None for b in biases] + [False] * (_MAX_GROUP - len(Ws))
     tiles = triton.cdiv(M, BM) * sum(triton.cdiv(W.shape[0], BN) for W in Ws)
-    _grouped_kernel[(min(n_sm, tiles),)](
+    _grouped_kernel[(min(options["N_SM"], tiles),)](
         TensorDescriptor.from_tensor(X, [BM, BK]),
         K,
         M,
         *args,
-        BM=BM,
-        BN=BN,
-        BK=BK,
-        GROUP_M=8,
-        N_SM=n_sm,
         OUTPUTS=len(Ws),
         SCALE=any(s != 1 for s in ss),
         HAS_BIAS0=has_bias[0],
         HAS_BIAS1=has_bias[1],
         HAS_BIAS2=has_bias[2],
-        num_stages=3,
-        num_warps=8,
+        **options,
     )
     return outs
 
