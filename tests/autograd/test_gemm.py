@@ -5,16 +5,19 @@ The kernel runs on NVIDIA sm_90+ only; these tests skip elsewhere. Run on the de
 """
 
 import copy
+import functools
 
 import pytest
 import torch
 
 import lk_autograd._linear as linear
+import lk_autograd._mlp as mlp
 import lk_autograd._plain as plain
 from lk_autograd import _gemm
+from lk_triton import _gated, _reference
 from tests.helpers import rel_err
 
-from .models import compare, make_model
+from .models import compare, make_4bit_model, make_model, ours_mlp, peft_mlp
 
 pytestmark = [
     pytest.mark.gpu,
@@ -133,6 +136,62 @@ def test_lora_matmul_group_against_float64(dtype, Ns, ranks, ss, with_bias):
         assert rel_err(Y, ref) <= 1.25 * rel_err(pair, ref) + 1e-4, (rel_err(Y, ref), s)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("activation", ["silu", "gelu", "gelu_tanh"])
+def test_gated_lora_matmul_against_float64(dtype, activation):
+    """Gate, up and the activation in one launch (ranks 16 and 8, column slices of one XA)
+    against float64, no worse than the separate path: the cuBLAS pair per projection, then
+    ``lk_triton``'s activation kernel."""
+    M, N, K, ranks, ss = 130, 264, 72, (16, 8), (0.5, 2.0)
+    X = torch.randn(M, K, device="cuda", dtype=dtype)
+    XAs = torch.randn(M, sum(ranks), device="cuda", dtype=dtype).split(ranks, dim=1)
+    Ws = [torch.randn(N, K, device="cuda", dtype=dtype) / K**0.5 for _ in ranks]
+    Bs = [torch.randn(N, r, device="cuda", dtype=dtype) for r in ranks]
+    assert _gemm.fusable_gated(X, Ws, XAs, Bs)
+    assert not _gemm.fusable_gated(X, [Ws[0], Ws[1][:-8]], XAs, Bs)  # weights of two shapes
+    e, g, h = _gemm.gated_lora_matmul(X, Ws, XAs, Bs, ss, activation)
+    parts = list(zip(Ws, XAs, Bs, ss, strict=True))
+    e_ref, g_ref = (X.double() @ W.double().t() + s * (XA.double() @ B.double().t())
+                    for W, XA, B, s in parts)  # fmt: skip
+    e_sep, g_sep = (torch.addmm(XA @ B.t(), X, W.t(), beta=s) for W, XA, B, s in parts)
+    h_sep = _gated.gated_forward(e_sep, g_sep, activation)
+    h_ref = _reference.gated_forward(e_ref, g_ref, activation)
+    for got, sep, ref in ((e, e_sep, e_ref), (g, g_sep, g_ref), (h, h_sep, h_ref)):
+        err, err_sep = rel_err(got, ref), rel_err(sep, ref)
+        assert err <= 1.25 * err_sep + 1e-4, (err, err_sep)
+
+
+def _count_gated(monkeypatch, calls: list) -> list:
+    """``calls``, which gets ``"gated"`` appended at each ``gated_lora_matmul`` call LoRA_MLP
+    makes."""
+    real = _gemm.gated_lora_matmul
+    monkeypatch.setattr(mlp, "gated_lora_matmul", lambda *a: calls.append("gated") or real(*a))
+    return calls
+
+
+@pytest.mark.parametrize("activation", ["swiglu", "geglu", "geglu_tanh"])
+@pytest.mark.parametrize("bits", [16, 4], ids=["bf16", "nf4"])
+def test_mlp_takes_the_gated_kernels(activation, bits, monkeypatch):
+    """LoRA_MLP runs gate, up and the activation in one launch over 16-bit weights (4-bit ones
+    are dequantized one at a time, so not there), and matches PEFT."""
+    calls = _count_gated(monkeypatch, [])
+    if bits == 4:
+        pytest.importorskip("bitsandbytes")
+        model = make_4bit_model("nf4", True, dtype=torch.bfloat16, r=8).cuda()
+    else:
+        model = make_model(torch.bfloat16, r=8, autocast_adapter_dtype=False).cuda()
+    X = torch.randn(3, 40, 16, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    errs = compare(
+        "mlp",
+        model,
+        X,
+        ours_fn=functools.partial(ours_mlp, activation=activation),
+        peft_fn=functools.partial(peft_mlp, activation=activation),
+    )
+    assert max(errs.values()) < 2e-2, errs
+    assert calls == (["gated"] if bits == 16 else []), calls
+
+
 def test_fusable_group_rejects(monkeypatch):
     X, W, XA, U = _case(64, 64, 64, 16, False, torch.bfloat16, False)
     assert _gemm.fusable_group(X, [W, W], [XA, XA], [U, U])
@@ -205,13 +264,16 @@ def test_functions_take_the_fused_gemm(block, bias, monkeypatch):
     real_group = _gemm.lora_matmul_group
     monkeypatch.setattr(linear, "lora_matmul", counting)
     monkeypatch.setattr(plain, "lora_matmul_group", counting_group)
+    _count_gated(monkeypatch, calls)
     model = make_model(torch.bfloat16, bias=bias, r=8, autocast_adapter_dtype=False).to(dev)
     ref = copy.deepcopy(model).double()
     X = torch.randn(4, 40, 16, device=dev, dtype=torch.bfloat16, requires_grad=True)
     errs = compare(block, model, X, ref_model=ref, ref_X=X.detach().double().requires_grad_())
     assert max(errs.values()) < 2e-2, errs
-    # q, k and v in one grouped launch; O alone; the MLP's general path, one per projection
-    forwards = {"mlp": [(False, 0)] * 3, "qkv": [("group", 3)], "o": [(False, 0)]}[block]
+    # q, k and v in one grouped launch; O alone; gate, up and the activation in one launch
+    # (with base biases, one launch per projection and the activation apart), then down
+    gate_up = [(False, 0)] * 2 if bias else ["gated"]
+    forwards = {"mlp": [*gate_up, (False, 0)], "qkv": [("group", 3)], "o": [(False, 0)]}[block]
     # One kernel per input gradient, summing every base GEMM: MLP dh, then dX over gate and up
     backwards = {"mlp": [(True, 0), (True, 1)], "qkv": [(True, 2)], "o": [(True, 0)]}[block]
     assert calls == forwards + backwards, calls

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lk_autograd import _gemm
-from lk_triton import _gated
+from lk_triton import _gated, _reference
 from tests.helpers import rel_err
 
 pytestmark = pytest.mark.skipif(
@@ -65,3 +65,19 @@ def test_lora_matmul_group():
         if bias is not None:
             ref += bias.double()
         assert Y.shape == ref.shape and rel_err(Y, ref) < TOL
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu", "gelu_tanh"])
+def test_gated_lora_matmul(activation):
+    """Gate and up of other ranks and scales (column slices of one ``XA``), with the
+    activation in the epilogue."""
+    M, N, K, ranks, ss = 130, 264, 72, (16, 8), (0.5, 2.0)
+    X = _randn(M, K)
+    XAs = _randn(M, sum(ranks)).split(ranks, dim=1)
+    Ws = [_randn(N, K) / K**0.5 for _ in ranks]  # e of order 1: no overflow in GELU's tanh
+    Bs = [_randn(N, r) for r in ranks]
+    e, g, h = _gemm.gated_lora_matmul(X, Ws, XAs, Bs, ss, activation)
+    e_ref, g_ref = (X.double() @ W.double().t() + s * (XA.double() @ B.double().t())
+                    for W, XA, B, s in zip(Ws, XAs, Bs, ss, strict=True))  # fmt: skip
+    assert rel_err(e, e_ref) < TOL and rel_err(g, g_ref) < TOL
+    assert rel_err(h, _reference.gated_forward(e.double(), g.double(), activation)) < TOL

@@ -41,6 +41,10 @@ try:
     import triton
     import triton.language as tl
     from triton.tools.tensor_descriptor import TensorDescriptor
+
+    from lk_triton._kernels import GELU_ERF, GELU_TANH, SILU, activation_and_derivative
+
+    _ACTIVATION = {"silu": SILU, "gelu": GELU_ERF, "gelu_tanh": GELU_TANH}
 except ImportError:  # triton is a Linux-only dependency: cuBLAS runs everything there
     triton = None
 
@@ -106,6 +110,19 @@ def fusable(
     r = XA.shape[1]
     big = r > 0 and X.shape[0] * (U.numel() // r) >= _MIN_OUTPUT  # M x N
     return big and _runs_here(X) and _operands_fit(X, W, XA, U, more, bias)
+
+
+def fusable_gated(
+    X: Tensor, Ws: Sequence[Tensor], XAs: Sequence[Tensor], Us: Sequence[Tensor]
+) -> bool:
+    """True when ``gated_lora_matmul`` can and should run: gate and up weights of one shape,
+    each pair one on which ``lora_matmul`` could run, of at least ``_MIN_OUTPUT`` elements
+    together."""
+    if len(Ws) != 2 or Ws[0].shape != Ws[1].shape or 2 * X.shape[0] * Ws[0].shape[0] < _MIN_OUTPUT:
+        return False
+    if not _runs_here(X):
+        return False
+    return all(_operands_fit(X, W, XA, U, (), None) for W, XA, U in zip(Ws, XAs, Us, strict=True))
 
 
 def fusable_group(
@@ -217,6 +234,54 @@ def lora_matmul(
     return Y
 
 
+def gated_lora_matmul(
+    X: Tensor,
+    Ws: Sequence[Tensor],
+    XAs: Sequence[Tensor],
+    Us: Sequence[Tensor],
+    ss: Sequence[float],
+    activation: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gate, up and the gated activation in one kernel: ``(e, g, h)`` with::
+
+        e = X W_g^T + s_g XA_g B_g^T    g = X W_u^T + s_u XA_u B_u^T    h = act(e) g
+
+    ``e`` and ``g`` rounded to ``X``'s dtype before ``h`` is computed from them, as separate
+    kernels would. Each output tile of ``e`` and its tile of ``g`` share one program and one
+    load of ``X`` per K step; ``e``, ``g`` and ``h`` are each stored once, where the separate
+    activation kernel reads ``e`` and ``g`` back. The caller checks ``fusable_gated`` first."""
+    (Wg, Wu), (XA_g, XA_u), (Bg, Bu), (sg, su) = Ws, XAs, Us, ss
+    M, K = X.shape
+    N = Wg.shape[0]
+    R = _rank_block(XAs)
+    BM, BN, BK = _TILE
+    BN //= 2  # a [BM, BN] tile of e and one of g: the register budget of one [BM, 2 BN] tile
+    options = {**_launch_options(X), "BN": BN}
+    e, g, h = (torch.empty(M, N, device=X.device, dtype=X.dtype) for _ in range(3))
+    tiles = triton.cdiv(M, BM) * triton.cdiv(N, BN)
+    _gated_kernel[(min(options["N_SM"], tiles),)](
+        TensorDescriptor.from_tensor(X, [BM, BK]),
+        TensorDescriptor.from_tensor(Wg, [BN, BK]),
+        TensorDescriptor.from_tensor(Wu, [BN, BK]),
+        K,
+        TensorDescriptor.from_tensor(XA_g, [BM, R]),
+        TensorDescriptor.from_tensor(Bg, [BN, R]),
+        sg,
+        TensorDescriptor.from_tensor(XA_u, [BM, R]),
+        TensorDescriptor.from_tensor(Bu, [BN, R]),
+        su,
+        TensorDescriptor.from_tensor(e, [BM, BN]),
+        TensorDescriptor.from_tensor(g, [BM, BN]),
+        TensorDescriptor.from_tensor(h, [BM, BN // 2]),
+        M,
+        N,
+        SCALE=sg != 1 or su != 1,
+        ACTIVATION=_ACTIVATION[activation],
+        **options,
+    )
+    return e, g, h
+
+
 def lora_matmul_group(
     X: Tensor,
     Ws: Sequence[Tensor],
@@ -279,6 +344,24 @@ if triton is not None:
         return acc
 
     @triton.jit
+    def _halves(t, BM: tl.constexpr, BN: tl.constexpr):
+        """The left and right ``[BM, BN // 2]`` halves of a ``[BM, BN]`` tile."""
+        return tl.split(tl.permute(tl.reshape(t, (BM, 2, BN // 2)), (0, 2, 1)))
+
+    @triton.jit
+    def _add_lora(acc, xa_desc, u_desc, s, om, on, W_KN: tl.constexpr, SCALE: tl.constexpr):
+        """``acc + s XA U`` (``U^T`` unless ``W_KN``) on the tile at ``(om, on)``: one more
+        ``tl.dot``, K = the rank, ``s`` folded into the ``[BM, r]`` tile of ``XA``."""
+        xa = xa_desc.load([om, 0])
+        if SCALE:
+            xa = (xa.to(tl.float32) * s).to(xa.dtype)
+        if W_KN:
+            acc = tl.dot(xa, u_desc.load([0, on]), acc)
+        else:
+            acc = tl.dot(xa, u_desc.load([on, 0]).T, acc)
+        return acc
+
+    @triton.jit
     def _tiles(
         first, x_desc, w_desc, K, x1_desc, w1_desc, K1, x2_desc, w2_desc, K2,
         xa_desc, u_desc, y_desc, bias_ptr, M, N, s,
@@ -298,19 +381,13 @@ if triton is not None:
                 acc = _k_loop(acc, x1_desc, w1_desc, K1, om, on, BK, W_KN)
             if PAIRS > 2:
                 acc = _k_loop(acc, x2_desc, w2_desc, K2, om, on, BK, W_KN)
-            xa = xa_desc.load([om, 0])
-            if SCALE:
-                xa = (xa.to(tl.float32) * s).to(xa.dtype)
-            if W_KN:
-                acc = tl.dot(xa, u_desc.load([0, on]), acc)
-            else:
-                acc = tl.dot(xa, u_desc.load([on, 0]).T, acc)
+            acc = _add_lora(acc, xa_desc, u_desc, s, om, on, W_KN, SCALE)
             if HAS_BIAS:
                 cols = on + tl.arange(0, BN)
                 bias = tl.load(bias_ptr + cols, mask=cols < N, other=0.0)
                 acc += bias.to(tl.float32)[None, :]
             # Two half-width stores: half the shared-memory staging of one full-tile store.
-            left, right = tl.split(tl.permute(tl.reshape(acc, (BM, 2, BN // 2)), (0, 2, 1)))
+            left, right = _halves(acc, BM, BN)
             y_desc.store([om, on], left.to(y_desc.dtype))
             y_desc.store([om, on + BN // 2], right.to(y_desc.dtype))
 
@@ -327,6 +404,40 @@ if triton is not None:
             xa_desc, u_desc, y_desc, bias_ptr, M, N, s, BM, BN, BK, GROUP_M, N_SM, PAIRS, W_KN,
             SCALE, HAS_BIAS,
         )  # fmt: skip
+
+    @triton.jit
+    def _gated_forward_store(e, g, om, on, h_desc, ACTIVATION: tl.constexpr):
+        """``h = act(e) g`` on a sub-tile of the rounded ``e`` and ``g``."""
+        a, _ = activation_and_derivative(e.to(tl.float32), ACTIVATION)
+        h_desc.store([om, on], (a * g.to(tl.float32)).to(h_desc.dtype))
+
+    @triton.jit
+    def _gated_kernel(
+        x_desc, wg_desc, wu_desc, K, xag_desc, bg_desc, sg, xau_desc, bu_desc, su,
+        e_desc, g_desc, h_desc, M, N,
+        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+        N_SM: tl.constexpr, SCALE: tl.constexpr, ACTIVATION: tl.constexpr,
+    ):  # fmt: skip
+        """``e``, ``g`` and ``h = act(e) g`` (``gated_lora_matmul``), persistent over tiles."""
+        n_m = tl.cdiv(M, BM)
+        n_in_group = GROUP_M * tl.cdiv(N, BN)
+        for tile in tl.range(tl.program_id(0), n_m * tl.cdiv(N, BN), N_SM, flatten=True):
+            pm, pn = _tile(tile, n_in_group, n_m, GROUP_M)
+            om, on = pm * BM, pn * BN
+            acc_e = tl.zeros((BM, BN), dtype=tl.float32)
+            acc_g = tl.zeros((BM, BN), dtype=tl.float32)
+            for k in range(tl.cdiv(K, BK)):
+                x = x_desc.load([om, k * BK])
+                acc_e = tl.dot(x, wg_desc.load([on, k * BK]).T, acc_e)
+                acc_g = tl.dot(x, wu_desc.load([on, k * BK]).T, acc_g)
+            e = _add_lora(acc_e, xag_desc, bg_desc, sg, om, on, False, SCALE).to(e_desc.dtype)
+            e_desc.store([om, on], e)
+            g = _add_lora(acc_g, xau_desc, bu_desc, su, om, on, False, SCALE).to(g_desc.dtype)
+            g_desc.store([om, on], g)
+            e0, e1 = _halves(e, BM, BN)
+            g0, g1 = _halves(g, BM, BN)
+            _gated_forward_store(e0, g0, om, on, h_desc, ACTIVATION)
+            _gated_forward_store(e1, g1, om, on + BN // 2, h_desc, ACTIVATION)
 
     @triton.jit
     def _first(done, N_SM: tl.constexpr):

@@ -145,7 +145,7 @@ def _shared_groups(projs: Sequence[Proj]) -> dict[torch.dtype, list[tuple[int, i
     return groups
 
 
-def _lora_inputs(X: Tensor, projs: Sequence[Proj]) -> list[list[Tensor]]:
+def lora_inputs(X: Tensor, projs: Sequence[Proj]) -> list[list[Tensor]]:
     """``X_a A_a^T`` ``[N, r]`` for every adapter of every projection."""
     XA: list[list[Any]] = [[None] * len(p.adapters) for p in projs]
     for i, p in enumerate(projs):
@@ -249,10 +249,14 @@ def _project(
 
 
 def forward(
-    X: Tensor, projs: Sequence[Proj], layouts: Sequence[Layout]
+    X: Tensor,
+    projs: Sequence[Proj],
+    layouts: Sequence[Layout],
+    XA: list[list[Tensor]] | None = None,
 ) -> tuple[list[Tensor], list[Saved]]:
-    """Outputs of projections reading ``X`` ``[N, k]``, and the per-adapter saved tensors."""
-    XA = _lora_inputs(X, projs)
+    """Outputs of projections reading ``X`` ``[N, k]``, and the per-adapter saved tensors.
+    ``XA``: ``lora_inputs(X, projs)``, when the caller has it already."""
+    XA = lora_inputs(X, projs) if XA is None else XA
     outs, saved = [], []
     for p, layout, XAs in zip(projs, layouts, XA, strict=True):
         Y, s = _project(X, p, layout, XAs)

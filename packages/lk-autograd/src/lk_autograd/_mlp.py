@@ -12,6 +12,7 @@ import lk_triton  # registers the torch.ops.lk_triton custom ops
 
 from . import _linear as L
 from ._args import apply_args, autocast_dtype, no_autocast, output, read
+from ._gemm import fusable_gated, gated_lora_matmul
 
 # LoRA_MLP's activation names -> lk_triton's. Under torch.compile the kernels run behind
 # lk_triton's custom ops, which keep fullgraph=True tracing on every path (CUDA, CPU, interpreter).
@@ -61,11 +62,7 @@ class LoRA_MLP(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, X: Tensor, activation: str, layouts: tuple, *flat: Any) -> Tensor:
         gate, up, down = L.unpack(layouts, flat)
-        (e, g), saved_gu = L.forward(X, [gate, up], layouts[:2])
-        if torch.compiler.is_compiling():
-            h = torch.ops.lk_triton.gated_activation(e, g, _KERNEL_ACTIVATION[activation])
-        else:
-            h = _EAGER_FORWARD[activation](e, g)
+        e, g, h, saved_gu = _gate_up(X, gate, up, layouts[:2], activation)
         (Y,), saved_down = L.forward(h, [down], layouts[2:])
         del h
         ctx.activation, ctx.layouts, ctx.n_gu = activation, layouts, len(saved_gu)
@@ -105,6 +102,38 @@ class LoRA_MLP(torch.autograd.Function):
             del de, dg
             grads = L.grad_A(X, [gate, up], pending, grads)
         return (dX, None, None, *L.pack([*grads, g_down]))
+
+
+def _plain(p: L.Proj, dtype: torch.dtype) -> bool:
+    """One adapter, without DoRA, dropout or a LoRA bias, computed in ``dtype``."""
+    if len(p.adapters) != 1:
+        return False
+    a = p.adapters[0]
+    return a.m is None and a.M is None and a.b is None and a.A.dtype == dtype
+
+
+def _gate_up(
+    X: Tensor, gate: L.Proj, up: L.Proj, layouts: tuple, activation: str
+) -> tuple[Tensor, Tensor, Tensor, list[L.Saved]]:
+    """``(e, g, h, saved)``. Plain gate and up projections over 16-bit weights without a bias
+    run in one kernel with the activation in its epilogue (``_gemm.gated_lora_matmul``, where
+    it applies); otherwise ``_linear.forward`` and then ``lk_triton``'s activation kernel."""
+    XA = L.lora_inputs(X, [gate, up])
+    projs = (gate, up)
+    if all(_plain(p, X.dtype) and p.bias is None and lo.quant_state is None
+           for p, lo in zip(projs, layouts, strict=True)):  # fmt: skip
+        Ws, XAs = [p.W for p in projs], [XA_p[0] for XA_p in XA]
+        Bs = [p.adapters[0].B for p in projs]
+        if fusable_gated(X, Ws, XAs, Bs):
+            ss = [lo.s[0] for lo in layouts]
+            e, g, h = gated_lora_matmul(X, Ws, XAs, Bs, ss, _KERNEL_ACTIVATION[activation])
+            return e, g, h, [L.Saved(XA_p, None, None, None) for XA_p in XAs]
+    (e, g), saved = L.forward(X, [gate, up], layouts, XA)
+    if torch.compiler.is_compiling():
+        h = torch.ops.lk_triton.gated_activation(e, g, _KERNEL_ACTIVATION[activation])
+    else:
+        h = _EAGER_FORWARD[activation](e, g)
+    return e, g, h, saved
 
 
 def _fallback(mlp: nn.Module, X: Tensor, activation: str, gate: str, up: str, down: str) -> Tensor:

@@ -18,8 +18,10 @@ _TANH_CUBIC: tl.constexpr = tl.constexpr(0.044715)
 
 
 @triton.jit
-def _activation_and_derivative(g, ACTIVATION: tl.constexpr):
-    """Return ``(act(g), act'(g))`` for the selected activation."""
+def activation_and_derivative(g, ACTIVATION: tl.constexpr):
+    """Return ``(act(g), act'(g))`` for the selected activation (``SILU``, ``GELU_ERF`` or
+    ``GELU_TANH``), in ``g``'s float dtype. ``lk_autograd._gemm`` calls it from its GEMM
+    epilogues, so that the fused and the separate kernels compute the same values."""
     if ACTIVATION == SILU:
         s = tl.sigmoid(g)
         a = g * s
@@ -63,7 +65,7 @@ def gated_forward_kernel(
     compute = tl.float64 if FP64 else tl.float32
     g = tl.load(gate_ptr + offsets, mask=mask).to(compute)
     u = tl.load(up_ptr + offsets, mask=mask).to(compute)
-    a, _ = _activation_and_derivative(g, ACTIVATION)
+    a, _ = activation_and_derivative(g, ACTIVATION)
     tl.store(h_ptr + offsets, (a * u).to(h_ptr.dtype.element_ty), mask=mask)
 
 
@@ -93,7 +95,7 @@ def gated_backward_kernel(
     dh = tl.load(dh_ptr + offsets, mask=mask).to(compute)
     g = tl.load(gate_ptr + offsets, mask=mask).to(compute)
     u = tl.load(up_ptr + offsets, mask=mask).to(compute)
-    a, da = _activation_and_derivative(g, ACTIVATION)
+    a, da = activation_and_derivative(g, ACTIVATION)
     if STORE_H:
         tl.store(h_out_ptr + offsets, (a * u).to(h_out_ptr.dtype.element_ty), mask=mask)
     tl.store(dgate_out_ptr + offsets, (dh * u * da).to(dgate_out_ptr.dtype.element_ty), mask=mask)
