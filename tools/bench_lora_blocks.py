@@ -1,13 +1,13 @@
 """LoRA MLP / QKV / O blocks: PEFT, lk-autograd and peers against the dense floor.
 
 Llama-3-8B shapes (hidden 4096, intermediate 14336, 32 heads / 8 KV heads of 128), bf16
-activations, a bf16 or NF4 base. Forward+backward time (median of ``triton.testing.do_bench``),
-the same step's time replayed from a CUDA graph (the GPU's share, without the host), activation
-memory held between forward and backward (allocated delta, output included) and
-peak, each also as a ratio to the dense-GEMM floor measured in the same run on the block's own
-weights and data (see DESIGN.md "Performance"). Correctness (each implementation vs PEFT,
-relative error of output and every gradient) is checked before timing. Peers, when their
-wheels import: PEFT with Liger's SwiGLU (MLP), Axolotl's and Unsloth's LoRA Functions.
+activations, a bf16 or NF4 base. Forward+backward time (median of ``triton.testing.do_bench``
+over 0.5 s of calls), the same step's time replayed from a CUDA graph (the GPU's share, without
+the host), activation memory held between forward and backward (allocated delta, output
+included) and peak, each also as a ratio to the dense-GEMM floor measured in the same run on the
+block's own weights and data (see DESIGN.md "Performance"). Correctness (each implementation
+vs PEFT, relative error of output and every gradient) is checked before timing. Peers, when
+their wheels import: PEFT with Liger's SwiGLU (MLP), Axolotl's and Unsloth's LoRA Functions.
 
 This is the measuring half of ``tools/bench.py --suite micro``, which runs it, writes the JSON
 and the chart. Run directly, it is that suite, or with ``--profile BLOCK [--nf4]`` the
@@ -216,6 +216,12 @@ def implementations(block: str) -> dict[str, Callable]:
     return impls
 
 
+def timed_ms(fn: Callable[[], None]) -> float:
+    """``do_bench``'s median over ~0.5 s of calls (its default is the mean of ~0.1 s: about ten
+    samples of an 8 ms block, where one stall moves the figure by several percent)."""
+    return triton.testing.do_bench(fn, rep=500, return_mode="median")
+
+
 def graph_ms(step: Callable[[], None]) -> float:
     """``step`` captured once in a CUDA graph, then its replay timed like ``step`` itself: the
     GPU's time with the host out of the loop. On a slow host the small blocks' wall time is the
@@ -230,7 +236,7 @@ def graph_ms(step: Callable[[], None]) -> float:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         step()
-    ms = triton.testing.do_bench(graph.replay)
+    ms = timed_ms(graph.replay)
     del graph
     torch.cuda.empty_cache()
     return ms
@@ -241,7 +247,7 @@ def measure(fn: Callable, m: nn.Module, X: Tensor, dYs: list[Tensor], row: dict)
     one implementation; the floor's times are ``row``'s ``floor_ms`` and ``floor_graph_ms``. A
     step that cannot be captured gets ``graph_failure`` instead of the graph figures."""
     step = fwd_bwd(fn, m, X, dYs)
-    ms = triton.testing.do_bench(step)
+    ms = timed_ms(step)
     held, peak = held_and_peak(fn, m, X, dYs)
     figures = {"ms": ms, "x": ms / row["floor_ms"], "held_mib": held, "peak_mib": peak}
     try:
@@ -272,7 +278,7 @@ def bench(r: int, nf4: bool, fp32_adapters: bool, tokens: int) -> list[dict]:
         row = {"block": block, "r": r, "base": "nf4" if nf4 else "bf16", "tokens": tokens,
                "fp32_adapters": fp32_adapters, **rel_errors(m, X, dYs, block)}  # fmt: skip
         floor_step = floor(m, block, X, dYs)
-        row["floor_ms"] = triton.testing.do_bench(floor_step)
+        row["floor_ms"] = timed_ms(floor_step)
         row["floor_graph_ms"] = graph_ms(floor_step)
         for name, fn in implementations(block).items():
             if name not in ("peft", "ours"):
