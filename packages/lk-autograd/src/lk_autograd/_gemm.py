@@ -9,8 +9,10 @@ Up to two more base pairs ``X_j W_j`` (each with its own ``K_j``) run into the s
 one after the other: the input gradient of projections that share an input, ``dX = dY_q W_q +
 dY_k W_k + dY_v W_v + dXA A`` (or gate and up), in one kernel and one store, where cuBLAS
 reads and rewrites ``dX`` once per extra projection. ``lora_matmul_group`` computes two or
-three projections of one input (q, k and v) in one launch. A base bias (Qwen2's q/k/v) is added
-to the fp32 accumulator in the epilogue too, as cuBLAS's bias epilogue does.
+three projections of one input (q, k and v) in one launch, and ``gated_lora_matmul`` gate and
+up with the gated activation in the epilogue (``e``, ``g`` and ``h = act(e) g`` each stored
+once). A base bias (Qwen2's q/k/v) is added to the fp32 accumulator in the epilogue too, as
+cuBLAS's bias epilogue does.
 
 cuBLAS has no epilogue for a rank-r product, so ``_linear.lora_first`` writes ``s XA U^T`` first
 and the base GEMM reads it back as C: an extra write and read of the ``[M, N]`` output, about

@@ -20,8 +20,8 @@ _TANH_CUBIC: tl.constexpr = tl.constexpr(0.044715)
 @triton.jit
 def activation_and_derivative(g, ACTIVATION: tl.constexpr):
     """Return ``(act(g), act'(g))`` for the selected activation (``SILU``, ``GELU_ERF`` or
-    ``GELU_TANH``), in ``g``'s float dtype. ``lk_autograd._gemm`` calls it from its GEMM
-    epilogues, so that the fused and the separate kernels compute the same values."""
+    ``GELU_TANH``), in ``g``'s float dtype. ``lk_autograd._gemm`` calls it in its gate/up GEMM's
+    epilogue, so that the fused and the separate kernels compute the same values."""
     if ACTIVATION == SILU:
         s = tl.sigmoid(g)
         a = g * s
