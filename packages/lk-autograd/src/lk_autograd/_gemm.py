@@ -117,14 +117,9 @@ def fusable(
 def fusable_gated(
     X: Tensor, Ws: Sequence[Tensor], XAs: Sequence[Tensor], Us: Sequence[Tensor]
 ) -> bool:
-    """True when ``gated_lora_matmul`` can and should run: gate and up weights of one shape,
-    each pair one on which ``lora_matmul`` could run, of at least ``_MIN_OUTPUT`` elements
-    together."""
-    if len(Ws) != 2 or Ws[0].shape != Ws[1].shape or 2 * X.shape[0] * Ws[0].shape[0] < _MIN_OUTPUT:
-        return False
-    if not _runs_here(X):
-        return False
-    return all(_operands_fit(X, W, XA, U, (), None) for W, XA, U in zip(Ws, XAs, Us, strict=True))
+    """True when ``gated_lora_matmul`` can and should run: gate and up weights of one shape on
+    which ``lora_matmul_group`` could run (the same operands, outputs and size)."""
+    return len(Ws) == 2 and Ws[0].shape == Ws[1].shape and fusable_group(X, Ws, XAs, Us)
 
 
 def fusable_group(
