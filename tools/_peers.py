@@ -3,6 +3,8 @@
 Each loader returns None when the peer is not installed, so benchmarks list it as skipped.
 """
 
+import importlib
+import importlib.util
 import logging
 import sys
 import types
@@ -30,14 +32,33 @@ def axolotl_lora():
     return lora
 
 
+def _bare_package(name: str) -> None:
+    """Register package ``name`` without running its ``__init__``: its submodules import
+    from their files as usual."""
+    if name in sys.modules:
+        return
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.submodule_search_locations is None:
+        raise ImportError(f"no package {name}")
+    package = types.ModuleType(name)
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules[name] = package
+
+
 def unsloth_lora():
     """Unsloth's ``unsloth.kernels.fast_lora`` module, or None.
 
-    Importing Unsloth runs its package ``__init__``, which raises more than ImportError where
-    it cannot run (no supported GPU, an unsupported torch), so any failure counts as absent.
+    ``import unsloth`` patches transformers, peft and TRL process-wide and probes the GPU and
+    its package set; it would change what the other implementations run. So ``unsloth``,
+    ``unsloth.kernels`` and ``unsloth_zoo`` are registered bare (their ``__init__`` skipped)
+    and only ``fast_lora`` and the modules it imports are loaded. Those still probe the device
+    at import and raise more than ImportError where they cannot run (no GPU), so any failure
+    counts as absent.
     """
     try:
-        from unsloth.kernels import fast_lora
+        for name in ("unsloth", "unsloth.kernels", "unsloth_zoo"):
+            _bare_package(name)
+        fast_lora = importlib.import_module("unsloth.kernels.fast_lora")
     except Exception as err:
         print(f"unsloth kernels not importable: {err!r}")
         return None

@@ -6,9 +6,14 @@ Blocks: O, QKV, QKV with an NF4 (bitsandbytes 4-bit, double-quant) base, and Swi
 Axolotl's Functions too where its wheel imports (its NF4 and MLP paths need CUDA).
 
     uv run python tools/bench_overhead.py [--device cpu|cuda] [--iters 200] [--profile BLOCK]
+    uv run python tools/bench_overhead.py --launches   # NVIDIA sm_90+
 
 On CUDA the loop is bracketed by ``torch.cuda.synchronize`` (bf16 there, float32 on the CPU).
 ``--profile BLOCK`` prints a cProfile of our path for that block instead of the table.
+``--launches`` times each Triton launcher (the fused LoRA GEMMs, the gated activation, the
+4-bit dequantize where bitsandbytes imports) and the O and QKV steps on the fused path, on
+small tensors, through ``lk_triton._launch``'s cache of compiled kernels and through the JIT's
+dispatch at every call (the cache made to keep nothing).
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+import triton
 from _blocks import PROJECTIONS, Block, to_nf4
 from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
 
 from _peers import axolotl_lora
-from lk_autograd import apply_lora_mlp, apply_lora_o, apply_lora_qkv
+from lk_autograd import _gemm, apply_lora_mlp, apply_lora_o, apply_lora_qkv
+from lk_triton import _gated, _launch
 
 D, INTER, HEADS, KV, HD, TOKENS, RANK = 64, 128, 4, 2, 16, 8, 4
 
@@ -93,13 +100,78 @@ def time_us(fn: Callable, m: nn.Module, X: Tensor, iters: int, cuda: bool) -> fl
     return min(times)
 
 
+class _KeepsNothing(dict):
+    """A launch cache that stores nothing: every launch goes through the JIT's dispatch."""
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+
+def launcher_calls() -> dict[str, Callable[[], object]]:
+    """Each Triton launcher on small bf16 CUDA tensors (M = N = K = 256, r = 16)."""
+    n, r = 256, 16
+    t = lambda *shape: torch.randn(*shape, device="cuda", dtype=torch.bfloat16)  # noqa: E731
+    X, W, XA, B, A = t(n, n), t(n, n), t(n, r), t(n, r), t(r, n)
+    pairs, three, two = [(X, W), (X, W)], ([W] * 3, [XA] * 3, [B] * 3), ([W] * 2, [XA] * 2, [B] * 2)
+    calls = {
+        "lora_matmul": lambda: _gemm.lora_matmul(X, W, XA, B, 2.0, False),
+        "lora_matmul +2 pairs (dX)": lambda: _gemm.lora_matmul(X, W, XA, A, 1.0, True, pairs),
+        "lora_matmul_group of 3": lambda: _gemm.lora_matmul_group(X, *three, [2.0] * 3),
+        "gated_lora_matmul": lambda: _gemm.gated_lora_matmul(X, *two, [2.0] * 2, "silu"),
+        "activation forward": lambda: _gated.gated_forward(X, W, "silu"),
+        "activation backward": lambda: _gated.gated_backward(X, W, X, "silu", inplace=False),
+    }
+    try:
+        import bitsandbytes.functional as bnbf
+
+        from lk_autograd._quant_kernel import dequantize_4bit_triton
+
+        packed, state = bnbf.quantize_4bit(W, quant_type="nf4", compress_statistics=True)
+        calls["nf4 dequantize"] = lambda: dequantize_4bit_triton(packed, state)
+    except ImportError:
+        pass
+    return calls
+
+
+def fused_block_model() -> tuple[nn.Module, Tensor]:
+    """A block whose O and Q/K/V take the fused kernels: hidden 256, 4 x 64 heads, r = 16."""
+    torch.manual_seed(0)
+    block = Block(256, 512, 4, 2, 64).to(torch.bfloat16)
+    cfg = LoraConfig(r=16, lora_alpha=32, target_modules=list(PROJECTIONS), init_lora_weights=False)
+    m = get_peft_model(block, cfg).base_model.model.to(device="cuda", dtype=torch.bfloat16)
+    X = torch.randn(1, 256, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    return m, X
+
+
+def time_launches(iters: int) -> None:
+    """Host us per call, cached against the JIT's dispatch (see the module docstring)."""
+    _gemm._MIN_OUTPUT = 0  # these small outputs take the fused kernels too
+    print(f"torch {torch.__version__}, triton {triton.__version__}, {torch.cuda.get_device_name()}")
+    print(f"{'launcher':<28} {'cached us':>10} {'JIT us':>10}")
+    m, X = fused_block_model()
+    calls = {**launcher_calls(),
+             "O step (fwd+bwd)": lambda: step(CALLS["o"][1], m, X),
+             "QKV step (fwd+bwd)": lambda: step(CALLS["qkv"][1], m, X)}  # fmt: skip
+    for name, call in calls.items():
+        times = {}
+        for cache in ("cached", "JIT"):
+            _launch._compiled = {} if cache == "cached" else _KeepsNothing()
+            times[cache] = time_us(lambda m, X, call=call: call(), None, None, iters, True)
+        print(f"{name:<28} {times['cached']:10.1f} {times['JIT']:10.1f}")
+    _launch._compiled = {}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--blocks", nargs="+", default=list(CALLS), choices=list(CALLS))
     ap.add_argument("--profile", choices=list(CALLS))
+    ap.add_argument("--launches", action="store_true", help="Triton launchers, cached vs JIT")
     args = ap.parse_args()
+    if args.launches:
+        time_launches(args.iters)
+        return
     cuda = args.device == "cuda"
     if not cuda:
         torch.set_num_threads(1)  # tiny tensors: intra-op threads only add synchronisation

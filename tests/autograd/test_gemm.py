@@ -14,7 +14,7 @@ import lk_autograd._linear as linear
 import lk_autograd._mlp as mlp
 import lk_autograd._plain as plain
 from lk_autograd import _gemm
-from lk_triton import _gated, _reference
+from lk_triton import _gated, _launch, _reference
 from tests.helpers import rel_err
 
 from .models import compare, make_4bit_model, make_model, ours_mlp, peft_mlp
@@ -277,3 +277,30 @@ def test_functions_take_the_fused_gemm(block, bias, monkeypatch):
     # One kernel per input gradient, summing every base GEMM: MLP dh, then dX over gate and up
     backwards = {"mlp": [(True, 0), (True, 1)], "qkv": [(True, 2)], "o": [(True, 0)]}[block]
     assert calls == forwards + backwards, calls
+
+
+def test_second_launches_take_the_cache(monkeypatch):
+    """Each kernel launched twice per specialization on fresh data: the first launch compiles
+    through the JIT and is cached (``lk_triton._launch``), the second runs the cached kernel,
+    and both match float64 (a cached kernel fed stale descriptors or constexprs would not)."""
+    monkeypatch.setattr(_launch, "_compiled", {})
+    M, N, K, r, s = 130, 264, 72, 16, 0.5
+    for round_ in range(2):
+        X, W, XA, U = _case(M, N, K, r, False, torch.bfloat16, False)
+        ref = X.double() @ W.double().t() + s * (XA.double() @ U.double().t())
+        assert rel_err(_gemm.lora_matmul(X, W, XA, U, s, False), ref) < 1e-2
+        Ws, Bs = [W, W.flip(0)], [U, U.flip(0)]
+        outs = _gemm.lora_matmul_group(X, Ws, [XA, XA], Bs, [s, s])
+        e, g, h = _gemm.gated_lora_matmul(X, Ws, [XA, XA], Bs, [s, s], "silu")
+        for W_j, B_j, Y, Y_gated in zip(Ws, Bs, outs, (e, g), strict=True):
+            ref_j = X.double() @ W_j.double().t() + s * (XA.double() @ B_j.double().t())
+            assert rel_err(Y, ref_j) < 1e-2 and rel_err(Y_gated, ref_j) < 1e-2
+        assert rel_err(h, _reference.gated_forward(e.double(), g.double(), "silu")) < 1e-2
+        dh = torch.randn_like(e)
+        h_b, de, dg = _gated.gated_backward(dh, e, g, "silu", inplace=False)
+        refs = _reference.gated_backward(dh.double(), e.double(), g.double(), "silu")
+        assert all(rel_err(got, ref) < 1e-2 for got, ref in zip((h_b, de, dg), refs, strict=True))
+        if round_ == 0:
+            entries = len(_launch._compiled)
+    assert entries == 4  # lora_matmul, the group, the gated forward, the activation backward
+    assert len(_launch._compiled) == entries  # the second round compiled nothing new

@@ -39,6 +39,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lk_triton._launch import launch
+
 try:
     import triton
     import triton.language as tl
@@ -213,21 +215,14 @@ def lora_matmul(
                   TensorDescriptor.from_tensor(W_j, [BK, BN] if w_kn else [BN, BK]),
                   X_j.shape[1])  # fmt: skip
     pairs += (None, None, 0) * (_MAX_MORE - len(more))
-    _kernel[(min(options["N_SM"], tiles),)](
-        *pairs,
-        TensorDescriptor.from_tensor(XA, [BM, R]),
-        TensorDescriptor.from_tensor(U, [R, BN] if w_kn else [BN, R]),
-        TensorDescriptor.from_tensor(Y, [BM, BN // 2]),
-        bias,
-        M,
-        N,
-        s,
-        PAIRS=1 + len(more),
-        HAS_BIAS=bias is not None,
-        W_KN=w_kn,
-        SCALE=s != 1,
-        **options,
-    )
+    args = [*pairs,
+            TensorDescriptor.from_tensor(XA, [BM, R]),
+            TensorDescriptor.from_tensor(U, [R, BN] if w_kn else [BN, R]),
+            TensorDescriptor.from_tensor(Y, [BM, BN // 2]),
+            bias, M, N, s]  # fmt: skip
+    constexprs = {"PAIRS": 1 + len(more), "HAS_BIAS": bias is not None, "W_KN": w_kn,
+                  "SCALE": s != 1, **options}  # fmt: skip
+    launch(_kernel, min(options["N_SM"], tiles), args, constexprs, X.device)
     return Y
 
 
@@ -256,26 +251,22 @@ def gated_lora_matmul(
     options = {**_launch_options(X), "BN": BN}
     e, g, h = (torch.empty(M, N, device=X.device, dtype=X.dtype) for _ in range(3))
     tiles = triton.cdiv(M, BM) * triton.cdiv(N, BN)
-    _gated_kernel[(min(options["N_SM"], tiles),)](
-        TensorDescriptor.from_tensor(X, [BM, BK]),
-        TensorDescriptor.from_tensor(Wg, [BN, BK]),
-        TensorDescriptor.from_tensor(Wu, [BN, BK]),
-        K,
-        TensorDescriptor.from_tensor(XA_g, [BM, R]),
-        TensorDescriptor.from_tensor(Bg, [BN, R]),
-        sg,
-        TensorDescriptor.from_tensor(XA_u, [BM, R]),
-        TensorDescriptor.from_tensor(Bu, [BN, R]),
-        su,
-        TensorDescriptor.from_tensor(e, [BM, BN]),
-        TensorDescriptor.from_tensor(g, [BM, BN]),
-        TensorDescriptor.from_tensor(h, [BM, BN // 2]),
-        M,
-        N,
-        SCALE=sg != 1 or su != 1,
-        ACTIVATION=_ACTIVATION[activation],
-        **options,
-    )
+    args = [TensorDescriptor.from_tensor(X, [BM, BK]),
+            TensorDescriptor.from_tensor(Wg, [BN, BK]),
+            TensorDescriptor.from_tensor(Wu, [BN, BK]),
+            K,
+            TensorDescriptor.from_tensor(XA_g, [BM, R]),
+            TensorDescriptor.from_tensor(Bg, [BN, R]),
+            sg,
+            TensorDescriptor.from_tensor(XA_u, [BM, R]),
+            TensorDescriptor.from_tensor(Bu, [BN, R]),
+            su,
+            TensorDescriptor.from_tensor(e, [BM, BN]),
+            TensorDescriptor.from_tensor(g, [BM, BN]),
+            TensorDescriptor.from_tensor(h, [BM, BN // 2]),
+            M, N]  # fmt: skip
+    constexprs = {"SCALE": sg != 1 or su != 1, "ACTIVATION": _ACTIVATION[activation], **options}
+    launch(_gated_kernel, min(options["N_SM"], tiles), args, constexprs, X.device)
     return e, g, h
 
 
@@ -305,18 +296,10 @@ def lora_matmul_group(
     args += (None, None, None, None, None, 0, 1.0) * (_MAX_GROUP - len(Ws))
     has_bias = [b is not None for b in biases] + [False] * (_MAX_GROUP - len(Ws))
     tiles = triton.cdiv(M, BM) * sum(triton.cdiv(W.shape[0], BN) for W in Ws)
-    _grouped_kernel[(min(options["N_SM"], tiles),)](
-        TensorDescriptor.from_tensor(X, [BM, BK]),
-        K,
-        M,
-        *args,
-        OUTPUTS=len(Ws),
-        SCALE=any(s != 1 for s in ss),
-        HAS_BIAS0=has_bias[0],
-        HAS_BIAS1=has_bias[1],
-        HAS_BIAS2=has_bias[2],
-        **options,
-    )
+    constexprs = {"OUTPUTS": len(Ws), "SCALE": any(s != 1 for s in ss), "HAS_BIAS0": has_bias[0],
+                  "HAS_BIAS1": has_bias[1], "HAS_BIAS2": has_bias[2], **options}  # fmt: skip
+    args = [TensorDescriptor.from_tensor(X, [BM, BK]), K, M, *args]
+    launch(_grouped_kernel, min(options["N_SM"], tiles), args, constexprs, X.device)
     return outs
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lk_triton._launch import launch
+
 try:
     import triton
     import triton.language as tl
@@ -67,9 +69,8 @@ def dequantize_4bit_triton(W: Tensor, quant_state) -> Tensor:
         absmax2, code2, blocksize2 = s2.absmax, _float32_on(s2.code, W.device), s2.blocksize
         offset = _float32_on(torch.as_tensor(qs.offset), W.device)
     if n:
-        _dequantize_4bit_kernel[(triton.cdiv(n, _BLOCK),)](
-            W, qs.absmax, _float32_on(qs.code, W.device), absmax2, code2, offset, out, n,
-            BLOCKSIZE=qs.blocksize, BLOCKSIZE2=blocksize2, NESTED=qs.nested, BLOCK=_BLOCK,
-            num_warps=4, enable_fp_fusion=False,
-        )  # fmt: skip
+        args = [W, qs.absmax, _float32_on(qs.code, W.device), absmax2, code2, offset, out, n]
+        kwargs = {"BLOCKSIZE": qs.blocksize, "BLOCKSIZE2": blocksize2, "NESTED": qs.nested,
+                  "BLOCK": _BLOCK, "num_warps": 4, "enable_fp_fusion": False}  # fmt: skip
+        launch(_dequantize_4bit_kernel, triton.cdiv(n, _BLOCK), args, kwargs, W.device)
     return out

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from . import _reference
+from ._launch import launch
 from ._validate import Activation, check_same
 
 try:
@@ -46,8 +47,8 @@ def _launch_args(n: int, dtype: torch.dtype) -> dict:
     }
 
 
-def _grid(n: int) -> tuple[int]:
-    return (triton.cdiv(n, _BLOCK),)
+def _programs(n: int) -> int:
+    return triton.cdiv(n, _BLOCK)
 
 
 def gated_forward(gate: Tensor, up: Tensor, kind: Activation) -> Tensor:
@@ -59,9 +60,8 @@ def gated_forward(gate: Tensor, up: Tensor, kind: Activation) -> Tensor:
     h = torch.empty_like(gate)
     n = gate.numel()
     if n:
-        _kernels.gated_forward_kernel[_grid(n)](
-            gate, up, h, n, ACTIVATION=_KERNEL_ID[kind], **_launch_args(n, gate.dtype)
-        )
+        kwargs = {"ACTIVATION": _KERNEL_ID[kind], **_launch_args(n, gate.dtype)}
+        launch(_kernels.gated_forward_kernel, _programs(n), [gate, up, h, n], kwargs, gate.device)
     return h
 
 
@@ -126,7 +126,6 @@ def _launch_backward(
     element is read before the same program writes it."""
     n = gate.numel()
     if n:
-        _kernels.gated_backward_kernel[_grid(n)](
-            dh, gate, up, h, dgate, dup, n,
-            ACTIVATION=_KERNEL_ID[kind], STORE_H=store_h, **_launch_args(n, gate.dtype),
-        )  # fmt: skip
+        kwargs = {"ACTIVATION": _KERNEL_ID[kind], "STORE_H": store_h, **_launch_args(n, gate.dtype)}
+        args = [dh, gate, up, h, dgate, dup, n]
+        launch(_kernels.gated_backward_kernel, _programs(n), args, kwargs, gate.device)
