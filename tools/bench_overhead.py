@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import pstats
 import time
 from collections.abc import Callable
@@ -80,20 +81,20 @@ def step(fn: Callable, m: nn.Module, X: Tensor) -> None:
     torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
 
 
-def time_us(fn: Callable, m: nn.Module, X: Tensor, iters: int, cuda: bool) -> float:
-    """Mean time of one forward+backward call in microseconds, best of 5 repeats. On the CPU
-    this is the process's CPU time, which time spent descheduled by other processes doesn't
-    inflate; on CUDA it is wall time."""
+def time_us(call: Callable[[], object], iters: int, cuda: bool) -> float:
+    """Mean time of one ``call()`` in microseconds, best of 5 repeats. On the CPU this is the
+    process's CPU time, which time spent descheduled by other processes doesn't inflate; on
+    CUDA it is wall time."""
     clock = time.perf_counter if cuda else time.process_time
     for _ in range(20):
-        step(fn, m, X)
+        call()
     times = []
     for _ in range(5):
         if cuda:
             torch.cuda.synchronize()
         t0 = clock()
         for _ in range(iters):
-            step(fn, m, X)
+            call()
         if cuda:
             torch.cuda.synchronize()
         times.append((clock() - t0) / iters * 1e6)
@@ -150,13 +151,13 @@ def time_launches(iters: int) -> None:
     print(f"{'launcher':<28} {'cached us':>10} {'JIT us':>10}")
     m, X = fused_block_model()
     calls = {**launcher_calls(),
-             "O step (fwd+bwd)": lambda: step(CALLS["o"][1], m, X),
-             "QKV step (fwd+bwd)": lambda: step(CALLS["qkv"][1], m, X)}  # fmt: skip
+             "O step (fwd+bwd)": functools.partial(step, CALLS["o"][1], m, X),
+             "QKV step (fwd+bwd)": functools.partial(step, CALLS["qkv"][1], m, X)}  # fmt: skip
     for name, call in calls.items():
         times = {}
         for cache in ("cached", "JIT"):
             _launch._compiled = {} if cache == "cached" else _KeepsNothing()
-            times[cache] = time_us(lambda m, X, call=call: call(), None, None, iters, True)
+            times[cache] = time_us(call, iters, True)
         print(f"{name:<28} {times['cached']:10.1f} {times['JIT']:10.1f}")
     _launch._compiled = {}
 
@@ -185,7 +186,7 @@ def main() -> None:
     if args.profile:
         nf4, ours, _ = CALLS[args.profile]
         m, X = models[nf4], inputs(args.profile)
-        time_us(ours, m, X, 50, cuda)
+        time_us(functools.partial(step, ours, m, X), 50, cuda)
         with cProfile.Profile() as prof:
             for _ in range(args.iters):
                 step(ours, m, X)
@@ -198,11 +199,11 @@ def main() -> None:
     for name in args.blocks:
         nf4, ours, peft = CALLS[name]
         m, X = models[nf4], inputs(name)
-        t_ours = time_us(ours, m, X, args.iters, cuda)
-        t_peft = time_us(peft, m, X, args.iters, cuda)
+        t_ours = time_us(functools.partial(step, ours, m, X), args.iters, cuda)
+        t_peft = time_us(functools.partial(step, peft, m, X), args.iters, cuda)
         t_ax = "-"
         if name in axolotl:
-            t_ax = f"{time_us(axolotl[name], m, X, args.iters, cuda):.1f}"
+            t_ax = f"{time_us(functools.partial(step, axolotl[name], m, X), args.iters, cuda):.1f}"
         print(f"{name:<8} {t_ours:9.1f} {t_peft:9.1f} {t_ax:>10} {t_ours / t_peft:9.2f}")
 
 
