@@ -8,8 +8,9 @@ micro (``bench_lora_blocks.py``, CUDA only): MLP, QKV and O forward+backward at 
 shapes, a bf16 and (when bitsandbytes imports) an NF4 base, each rank; time as a ratio to the
 dense floor of the same run, held and peak activation memory, for PEFT, ours and the peers
 that import. model (``bench_model.py``): a training step of 8 layers without checkpointing and
-32 with, PEFT / lk-patch / Axolotl, each also with Liger. ``--smoke`` checks the scripts: the
-model suite on a tiny CPU model, and the micro suite (CUDA only) at the first rank, 1024 tokens.
+32 with, PEFT / lk-patch / Axolotl / Unsloth, each also with Liger. ``--smoke`` checks the
+scripts: the model suite on a tiny CPU model, and the micro suite (CUDA only) at the first rank,
+1024 tokens.
 
 Each suite writes ``DIR/bench_<suite>.json`` (environment, rows, what was skipped and why) and,
 when matplotlib imports, the chart ``DIR/bench_<suite>.png``; DIR is ``--out``, else ``$OUT``,

@@ -1,4 +1,4 @@
-"""Whole-model LoRA training-step benchmark: PEFT vs lk-patch vs Axolotl's kernels.
+"""Whole-model LoRA training-step benchmark: PEFT vs lk-patch vs Axolotl's and Unsloth's kernels.
 
 A Llama-3-8B-shaped model with random weights (hidden 4096, intermediate 14336, 32 heads,
 8 KV heads, vocab 128256), LoRA r=16 on all seven projections with non-zero B, one sequence
@@ -14,6 +14,7 @@ tiny model on the CPU, to check the script itself).
 
 import argparse
 import contextlib
+import functools
 import sys
 import time
 from collections.abc import Iterator
@@ -25,13 +26,14 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import lk_autograd
-from _peers import axolotl_lora
+from _peers import axolotl_lora, unsloth_lora
 from lk_patch import patch_model, unpatch_model
 
 LLAMA3_8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
              "num_key_value_heads": 8, "vocab_size": 128256}  # fmt: skip
 SMOKE = {"hidden_size": 64, "intermediate_size": 160, "num_attention_heads": 4,
          "num_key_value_heads": 2, "vocab_size": 256}  # fmt: skip
+PEERS = {"Axolotl": axolotl_lora, "Unsloth": unsloth_lora}  # loaders of the peers' kernels
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -105,20 +107,23 @@ def lk_kernels(model) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def axolotl_kernels(model, axolotl) -> Iterator[None]:
-    """Axolotl's LoRA Functions, bound through lk-patch's rewriting of the same statements.
+def peer_kernels(model, kernels) -> Iterator[None]:
+    """Axolotl's or Unsloth's LoRA Functions (``kernels``: its module, the same entry points),
+    bound through lk-patch's rewriting of the same statements.
 
-    Axolotl's own patcher needs its whole package (configs, trainers); its Functions need
-    only the kernels folder. lk-patch resolves ``lk_autograd.apply_lora_*`` when it binds,
-    so pointing those names at Axolotl's entry points binds Axolotl's Functions instead.
+    Their own patchers need their whole packages (configs, trainers, model rewrites); their
+    Functions need only the kernels. lk-patch resolves ``lk_autograd.apply_lora_*`` when it
+    binds, so pointing those names at the peer's entry points binds the peer's Functions
+    instead. ``inplace=False``: Unsloth's backward otherwise writes dX into X's storage
+    (Axolotl ignores the flag).
     """
     names = ("apply_lora_mlp", "apply_lora_qkv", "apply_lora_o")
     saved = {name: getattr(lk_autograd, name) for name in names}
-    lk_autograd.apply_lora_mlp = lambda mlp, X, activation, **_: axolotl.apply_lora_mlp_swiglu(
-        mlp, X
+    lk_autograd.apply_lora_mlp = lambda mlp, X, activation, **_: kernels.apply_lora_mlp_swiglu(
+        mlp, X, inplace=False
     )
-    lk_autograd.apply_lora_qkv = lambda attn, X, **_: axolotl.apply_lora_qkv(attn, X)
-    lk_autograd.apply_lora_o = lambda attn, X, **_: axolotl.apply_lora_o(attn, X)
+    lk_autograd.apply_lora_qkv = lambda attn, X, **_: kernels.apply_lora_qkv(attn, X, inplace=False)
+    lk_autograd.apply_lora_o = lambda attn, X, **_: kernels.apply_lora_o(attn, X)
     try:
         patch_model(model)
     finally:
@@ -133,8 +138,9 @@ def axolotl_kernels(model, axolotl) -> Iterator[None]:
 def unavailable(device: str) -> dict[str, str]:
     """The variants ``run_config`` cannot run on ``device``, each with the reason."""
     reasons = {}
-    if axolotl_lora() is None:
-        reasons["Axolotl"] = "axolotl not importable"
+    for name, load in PEERS.items():
+        if load() is None:
+            reasons[name] = f"{name.lower()} not importable"
     if device != "cuda":
         reasons["+ Liger"] = "Liger's kernels are Triton: CUDA only"
     elif find_spec("liger_kernel") is None:
@@ -157,8 +163,9 @@ def run_config(args: argparse.Namespace, layers: int) -> list[Result]:
     model = build(args.dims, layers, checkpointing, args.device, args.tokens)
     skipped = unavailable(args.device)
     variants = {"PEFT": contextlib.nullcontext, "lk-patch": lambda: lk_kernels(model)}
-    if "Axolotl" not in skipped:
-        variants["Axolotl"] = lambda: axolotl_kernels(model, axolotl_lora())
+    for name, load in PEERS.items():
+        if name not in skipped:
+            variants[name] = functools.partial(peer_kernels, model, load())
     # Every variant starts from the same LoRA weights, so the losses are comparable too.
     initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     results = []

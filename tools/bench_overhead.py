@@ -22,6 +22,7 @@ import argparse
 import cProfile
 import functools
 import pstats
+import statistics
 import time
 from collections.abc import Callable
 
@@ -145,7 +146,9 @@ def fused_block_model() -> tuple[nn.Module, Tensor]:
 
 
 def time_launches(iters: int) -> None:
-    """Host us per call, cached against the JIT's dispatch (see the module docstring)."""
+    """Host us per call, cached against the JIT's dispatch (see the module docstring): the
+    median of three rounds, the two settings in alternating order (ABBAAB), each round's time
+    the best of five repeats."""
     _gemm._MIN_OUTPUT = 0  # these small outputs take the fused kernels too
     print(f"torch {torch.__version__}, triton {triton.__version__}, {torch.cuda.get_device_name()}")
     print(f"{'launcher':<28} {'cached us':>10} {'JIT us':>10}")
@@ -154,11 +157,12 @@ def time_launches(iters: int) -> None:
              "O step (fwd+bwd)": functools.partial(step, CALLS["o"][1], m, X),
              "QKV step (fwd+bwd)": functools.partial(step, CALLS["qkv"][1], m, X)}  # fmt: skip
     for name, call in calls.items():
-        times = {}
-        for cache in ("cached", "JIT"):
+        times: dict[str, list[float]] = {"cached": [], "JIT": []}
+        for cache in ("cached", "JIT", "JIT", "cached", "cached", "JIT"):
             _launch._compiled = {} if cache == "cached" else _KeepsNothing()
-            times[cache] = time_us(call, iters, True)
-        print(f"{name:<28} {times['cached']:10.1f} {times['JIT']:10.1f}")
+            times[cache].append(time_us(call, iters, True))
+        cached, jit = (statistics.median(times[k]) for k in ("cached", "JIT"))
+        print(f"{name:<28} {cached:10.1f} {jit:10.1f}")
     _launch._compiled = {}
 
 
