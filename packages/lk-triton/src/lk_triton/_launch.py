@@ -1,13 +1,14 @@
 """Launch a Triton kernel through the ``CompiledKernel`` it compiled to, past the JIT's dispatch.
 
 ``kernel[grid](*args, **kwargs)`` binds and specializes every argument, builds a string cache
-key from them and the options, and checks the kernel's globals, on every call: ~20-80 us of
-host time per launch on the lent H200's CPU, where the launcher proper takes ~20. That counts
-where a block is host-bound (Q/K/V and O at 8192 tokens run ~1 ms of GPU under ~1.5 ms of
-host). The first launch of each specialization goes through the JIT as usual, and the
-``CompiledKernel`` it returns is kept; later launches of the same specialization call it
-directly, with every parameter in ``kernel.arg_names`` order (constexprs included: its
-launcher skips them) and a three-axis grid (its runner reads ``grid[0..2]``).
+key from them and the options, and checks the kernel's globals, on every call. Skipping that
+saved 16-47 us of host time per launch on the lent H200's CPU (BENCHMARKS.md, seventh
+session), which counts where a block is host-bound (Q/K/V and O at 8192 tokens run ~1 ms of
+GPU under ~1.5 ms of host). The first launch of each specialization goes through the JIT as
+usual, and the ``CompiledKernel`` it returns is kept; later launches of the same
+specialization call it directly, with every parameter in ``kernel.arg_names`` order
+(constexprs included: its launcher skips them) and a three-axis grid (its runner reads
+``grid[0..2]``).
 
 The cache key is what the JIT specializes on (Triton 3.6-3.9's ``native_specialize_impl``,
 checked against it by ``tests/triton/test_launch.py``): per argument, a tensor descriptor's
