@@ -20,7 +20,9 @@ import torch
 
 def _portable_dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype):
     """bnb's portable formula: element ``i`` is ``code[nibble(i)] * absmax[i // blocksize]``,
-    the high nibble first."""
+    the high nibble first. Written out rather than calling bnb's own
+    ``backends.default.ops._dequantize_4bit_compute``, which is ``torch.compile``d: one
+    compilation per weight shape, past dynamo's recompile limit in this suite."""
     from bitsandbytes.backends.utils import _get_4bit_code
 
     packed = (A if A.dtype == torch.uint8 else A.view(torch.uint8)).reshape(-1)

@@ -28,7 +28,6 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-import triton
 from _blocks import PROJECTIONS, Block, to_nf4
 from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
@@ -40,14 +39,21 @@ from lk_triton import _gated, _launch
 D, INTER, HEADS, KV, HD, TOKENS, RANK = 64, 128, 4, 2, 16, 8, 4
 
 
-def make_model(dtype: torch.dtype, device: str, nf4: bool) -> nn.Module:
+def make_model(
+    dtype: torch.dtype,
+    device: str,
+    nf4: bool,
+    dims: tuple[int, ...] = (D, INTER, HEADS, KV, HD),
+    rank: int = RANK,
+) -> nn.Module:
+    """A PEFT block (``Block(*dims)``) with rank-``rank`` adapters, ``lora_alpha = 2 rank``."""
     torch.manual_seed(0)
-    block = Block(D, INTER, HEADS, KV, HD).to(dtype)
+    block = Block(*dims).to(dtype)
     if nf4:
         to_nf4(block, dtype, device)
     block = block.to(device)
     cfg = LoraConfig(
-        r=RANK, lora_alpha=8, target_modules=list(PROJECTIONS), init_lora_weights=False
+        r=rank, lora_alpha=2 * rank, target_modules=list(PROJECTIONS), init_lora_weights=False
     )
     return get_peft_model(block, cfg).base_model.model.to(dtype)
 
@@ -135,24 +141,18 @@ def launcher_calls() -> dict[str, Callable[[], object]]:
     return calls
 
 
-def fused_block_model() -> tuple[nn.Module, Tensor]:
-    """A block whose O and Q/K/V take the fused kernels: hidden 256, 4 x 64 heads, r = 16."""
-    torch.manual_seed(0)
-    block = Block(256, 512, 4, 2, 64).to(torch.bfloat16)
-    cfg = LoraConfig(r=16, lora_alpha=32, target_modules=list(PROJECTIONS), init_lora_weights=False)
-    m = get_peft_model(block, cfg).base_model.model.to(device="cuda", dtype=torch.bfloat16)
-    X = torch.randn(1, 256, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    return m, X
-
-
 def time_launches(iters: int) -> None:
     """Host us per call, cached against the JIT's dispatch (see the module docstring): the
     median of three rounds, the two settings in alternating order (ABBAAB), each round's time
     the best of five repeats."""
+    import triton
+
     _gemm._MIN_OUTPUT = 0  # these small outputs take the fused kernels too
     print(f"torch {torch.__version__}, triton {triton.__version__}, {torch.cuda.get_device_name()}")
     print(f"{'launcher':<28} {'cached us':>10} {'JIT us':>10}")
-    m, X = fused_block_model()
+    # O and Q/K/V take the fused kernels: hidden 256, 4 x 64 heads (2 for k, v), r = 16
+    m = make_model(torch.bfloat16, "cuda", False, dims=(256, 512, 4, 2, 64), rank=16)
+    X = torch.randn(1, 256, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     calls = {**launcher_calls(),
              "O step (fwd+bwd)": functools.partial(step, CALLS["o"][1], m, X),
              "QKV step (fwd+bwd)": functools.partial(step, CALLS["qkv"][1], m, X)}  # fmt: skip
