@@ -73,8 +73,9 @@ _enabled = True  # set_fused_gemm
 
 def set_fused_gemm(enabled: bool) -> None:
     """Turn the fused LoRA GEMM on (the default) or off for the whole process; off, every
-    projection takes cuBLAS's pair (``_linear.lora_first``): a control for benchmarks and an
-    escape hatch. Both compute the same sum; they differ in rounding only."""
+    projection takes cuBLAS's pair (``_linear.lora_first``), and ``dB`` and ``dXA`` cuBLAS's two
+    GEMMs (not ``_lora_grads``): a control for benchmarks and an escape hatch. Both compute the
+    same sums; they differ in rounding only."""
     global _enabled
     _enabled = bool(enabled)
 

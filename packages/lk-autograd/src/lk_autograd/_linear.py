@@ -25,6 +25,7 @@ and ``dO = dY`` in ``acc``, the chain rule implemented below is::
 
 ``X A^T`` of adapters without dropout is computed for all projections at once as
 ``X [A_1; A_2; ...]^T`` (one read of ``X``); their ``dX`` and ``dA`` terms are batched likewise.
+An adapter's ``dB`` and ``dXA`` come from one pass over ``dO`` where ``_lora_grads`` applies.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from torch import Tensor
 
 from ._dora import magnitude_scale
 from ._gemm import fusable, lora_matmul
+from ._lora_grads import fusable_grads, lora_grads
 from ._quant import dequantize
 
 
@@ -273,6 +275,27 @@ def unpack_saved(flat: Sequence[Tensor | None]) -> list[Saved]:
     return [Saved(*flat[i : i + 4]) for i in range(0, len(flat), 4)]
 
 
+def rank_r_grads(
+    dL: Tensor,
+    B: Tensor,
+    XA: Tensor,
+    s: float,
+    need_B: bool,
+    need_dXA: bool,
+    acc: torch.dtype,
+    ldt: torch.dtype,
+) -> tuple[Tensor | None, Tensor | None]:
+    """``(dB, dXA) = (s dL^T XA, s dL B)``, each only if needed: ``dB`` in ``B``'s dtype,
+    ``dXA`` in ``ldt``, both computed in ``acc``. When both are needed and ``_lora_grads``
+    applies, one kernel reads ``dL`` once for the two; otherwise two cuBLAS GEMMs."""
+    if need_B and need_dXA and fusable_grads(dL, B, XA):
+        dB, dXA = lora_grads(dL, B, XA, s)
+        return dB, to(dXA, ldt)
+    dB = to(scaled_mm(dL.t(), to(XA, acc), s), B.dtype) if need_B else None
+    dXA = to(scaled_mm(dL, to(B, acc), s), ldt) if need_dXA else None
+    return dB, dXA
+
+
 class Pending(NamedTuple):
     """An adapter's ``dXA = d(X_a A^T)`` ``[N, r]``, waiting for ``X`` to give ``dA``."""
 
@@ -319,12 +342,12 @@ def backward_input(
                     del W
             else:
                 dL = dO
-            dB = to(scaled_mm(dL.t(), to(XA, acc), s), a.B.dtype) if need_a.B else None
+            want_dXA = need_a.A or want_dX
+            dB, dXA = rank_r_grads(dL, a.B, XA, s, need_a.B, want_dXA, acc, ldt)
             db = to(dO.sum(0) * s, a.b.dtype) if need_a.b else None
             adapter_grads.append(Adapter(None, dB, db, dm, None))
-            if not (need_a.A or want_dX):
+            if not want_dXA:
                 continue
-            dXA = to(scaled_mm(dL, to(a.B, acc), s), ldt)
             if need_a.A:
                 pending.append(Pending(i, j, dXA))
             if want_dX and a.M is None:

@@ -9,6 +9,7 @@ Each projection ``j`` has one adapter without dropout, DoRA or a LoRA bias, in `
                                                      weights, _gemm.lora_matmul_group)
 
     dB_j = s_j dY_j^T XA_j      dXA_j = s_j dY_j B_j      dbias_j = sum_N dY_j
+                                        (_linear.rank_r_grads: one pass over dY_j, or two)
     dX = [dXA_1, ...] [A_1; ...] + sum_j dY_j W_j       (_linear.input_grad)
     [dA_1; ...] = [dXA_1, ...]^T X
 
@@ -28,7 +29,7 @@ from torch import Tensor
 
 from ._args import dropout_active
 from ._gemm import fusable_group, lora_matmul_group
-from ._linear import base_weight, input_grad, lora_first, scaled_mm
+from ._linear import base_weight, input_grad, lora_first, rank_r_grads
 from ._params import LoraParams
 
 
@@ -93,12 +94,13 @@ def backward(ctx: Any, dYs: Sequence[Tensor]) -> tuple[Any, ...]:
     want_dXA = need[0] or any(need_A)
     grads: list[Tensor | None] = []
     dXAs = []
+    dtypes = (X.dtype, X.dtype)  # computed in, and dXA kept in, X's dtype: nothing to cast
     for j, (dY, s) in enumerate(zip(dYs, plan.s, strict=True)):
         need_bias, need_B = need[2 + 4 * j + 1], need[2 + 4 * j + 3]
-        grads += (None, dY.sum(0) if need_bias else None, None)
-        grads.append(scaled_mm(dY.t(), XAs[j], s) if need_B else None)
+        dB, dXA_j = rank_r_grads(dY, flat[4 * j + 3], XAs[j], s, need_B, want_dXA, *dtypes)
+        grads += (None, dY.sum(0) if need_bias else None, None, dB)
         if want_dXA:
-            dXAs.append(scaled_mm(dY, flat[4 * j + 3], s))
+            dXAs.append(dXA_j)
     if not want_dXA:
         return (None, None, *grads)
     dXA = dXAs[0] if n == 1 else torch.cat(dXAs, dim=1)
