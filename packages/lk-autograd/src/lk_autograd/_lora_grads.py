@@ -18,10 +18,11 @@ rows. A second kernel sums the partials in a fixed order, scales by ``s`` and ro
 ``dY``'s dtype, so the result is deterministic, like cuBLAS's. The partials are about a
 tenth of ``dY``'s bytes at the MLP's shapes (``BN`` = 512, four row chunks).
 
-Measured on an H200 (BENCHMARKS.md, eighth session; CUDA-graph replay, both kernels, rank
-16): ``[8192, 14336]`` 80 us against cuBLAS's 117, ``[8192, 4096]`` 29 against 38, and
-``[8192, 1024]`` 14 against 15, not worth a Triton launch's host time; gradients below
-``_MIN_GRADIENT`` stay on cuBLAS, the same bound as ``_gemm``'s outputs. At rank 64 the
+Measured on an H200 (``tools/bench_lora_grads.py``, BENCHMARKS.md eighth session; CUDA-graph
+replay, both kernels, rank 16): ``[8192, 14336]`` 85 us against cuBLAS's 129, ``[8192, 4096]``
+36 against 51, but ``[8192, 1024]`` 27 against 22, and the two launches cost ~50 us more host
+time than cuBLAS's; gradients below ``_MIN_GRADIENT`` stay on cuBLAS, the same bound as
+``_gemm``'s outputs. At rank 64 the
 ``[BN, r]`` accumulator costs more than the pass saves (142 against 119 us), so ranks above
 16 stay on cuBLAS too. ``fusable_grads`` says when it applies.
 """
@@ -82,9 +83,8 @@ def lora_grads(dY: Tensor, B: Tensor, XA: Tensor, s: float) -> tuple[Tensor, Ten
     args = [TensorDescriptor.from_tensor(dY, [BM, BN]),
             TensorDescriptor.from_tensor(B, [BN, R]),
             TensorDescriptor.from_tensor(XA, [BM, R]),
-            part_dXA, part_dB, M, N, rows, col_blocks, units]  # fmt: skip
-    options = {"BM": BM, "BN": BN, "R": R, "PROGRAMS": programs, "num_stages": 3,
-               "num_warps": 8}  # fmt: skip
+            part_dXA, part_dB, M, N, rows, col_blocks, units, programs]  # fmt: skip
+    options = {"BM": BM, "BN": BN, "R": R, "num_stages": 3, "num_warps": 8}
     launch(_partials_kernel, programs, args, options, dY.device)
     dXA = torch.empty(M, r, device=dY.device, dtype=dY.dtype)
     dB = torch.empty(N, r, device=dY.device, dtype=dY.dtype)
@@ -99,7 +99,7 @@ if triton is not None:
     @triton.jit
     def _partials_kernel(
         dy_desc, b_desc, xa_desc, part_dxa_ptr, part_db_ptr, M, N, ROWS, COL_BLOCKS, UNITS,
-        BM: tl.constexpr, BN: tl.constexpr, R: tl.constexpr, PROGRAMS: tl.constexpr,
+        PROGRAMS, BM: tl.constexpr, BN: tl.constexpr, R: tl.constexpr,
     ):  # fmt: skip
         """Per unit (column block ``c``, row chunk ``k``): ``part_dXA[c, rows] = dY[rows, cols]
         B[cols]`` one row tile at a time, and ``part_dB[k, cols] = dY[rows, cols]^T XA[rows]``
