@@ -22,9 +22,9 @@ Measured on an H200 (``tools/bench_lora_grads.py``, BENCHMARKS.md eighth session
 replay, both kernels, rank 16): ``[8192, 14336]`` 85 us against cuBLAS's 129, ``[8192, 4096]``
 36 against 51, but ``[8192, 1024]`` 27 against 22, and the two launches cost ~50 us more host
 time than cuBLAS's; gradients below ``_MIN_GRADIENT`` stay on cuBLAS, the same bound as
-``_gemm``'s outputs. At rank 64 the
-``[BN, r]`` accumulator costs more than the pass saves (142 against 119 us), so ranks above
-16 stay on cuBLAS too. ``fusable_grads`` says when it applies.
+``_gemm``'s outputs. At rank 64 the ``[BN, r]`` float32 accumulator costs more than the pass
+saves (142 against 119 us in the sweep), so ranks above 16 stay on cuBLAS too.
+``fusable_grads`` says when it applies.
 """
 
 from __future__ import annotations
