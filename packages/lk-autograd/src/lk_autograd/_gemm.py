@@ -169,11 +169,17 @@ def _operands_fit(
     return all(_aligned(t) for t in tensors)
 
 
+def persistent_programs(X: Tensor) -> int:
+    """How many programs a persistent kernel on ``X``'s device runs: one per SM; three under
+    the interpreter (CPU tensors, tests)."""
+    return _sm_count(X.device.index or 0) if X.is_cuda else 3
+
+
 def _launch_options(X: Tensor) -> dict[str, Any]:
     """Both launchers' tile, grouping, pipeline and persistence options (``_TILE``): one
-    persistent program per SM; three under the interpreter (CPU tensors, tests)."""
+    persistent program per SM (``persistent_programs``)."""
     BM, BN, BK = _TILE
-    n_sm = _sm_count(X.device.index or 0) if X.is_cuda else 3
+    n_sm = persistent_programs(X)
     return {"BM": BM, "BN": BN, "BK": BK, "GROUP_M": 8, "N_SM": n_sm,
             "num_stages": 3, "num_warps": 8}  # fmt: skip
 

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from lk_triton._launch import launch
 
-from ._gemm import _aligned, _runs_here, _sm_count
+from ._gemm import _DTYPES, _aligned, _runs_here, persistent_programs
 
 try:
     import triton
@@ -59,7 +59,7 @@ def fusable_grads(dY: Tensor, B: Tensor, XA: Tensor) -> bool:
     r = XA.shape[1]
     if r % 8 or not 0 < r <= _MAX_RANK or dY.numel() < _MIN_GRADIENT or not _runs_here(dY):
         return False
-    if dY.dtype not in (torch.bfloat16, torch.float16):
+    if dY.dtype not in _DTYPES:
         return False
     return all(t.dtype == dY.dtype and _aligned(t) for t in (dY, B, XA))
 
@@ -71,7 +71,7 @@ def lora_grads(dY: Tensor, B: Tensor, XA: Tensor, s: float) -> tuple[Tensor, Ten
     r = XA.shape[1]
     R = max(16, r)  # tl.dot's minimum; TMA zero-fills the columns past r
     BM, BN = _TILE
-    n_sm = _sm_count(dY.device.index or 0) if dY.is_cuda else 3
+    n_sm = persistent_programs(dY)
     col_blocks = triton.cdiv(N, BN)
     chunks = max(1, min(n_sm // col_blocks, triton.cdiv(M, BM)))
     rows = triton.cdiv(triton.cdiv(M, chunks), BM) * BM
