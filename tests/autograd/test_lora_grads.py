@@ -1,4 +1,4 @@
-"""``_lora_grads.lora_grads`` (an adapter's ``dB`` and ``dXA`` in one pass over ``dY``).
+"""``_lora_grads.lora_grads`` (adapters' ``dB`` and ``dXA`` in one pass over their ``dY``).
 
 The GPU tests need an NVIDIA sm_90+ GPU (``-m gpu`` on the device); the interpreter tests run
 the same kernels on float32 CPU tensors under ``TRITON_INTERPRET=1``
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import lk_autograd._linear as linear
+import lk_autograd._plain as plain
 from lk_autograd import _lora_grads
 from lk_triton import _gated
 from tests.helpers import rel_err
@@ -59,10 +60,48 @@ def test_lora_grads_in_the_interpreter(M, N, r, view):
     """Row and column tails, several row chunks (N within one column block), several column
     blocks, more units than the interpreter's three programs, a rank below 16."""
     dY, B, XA = _case(M, N, r, view, "cpu", torch.float32)
-    dB, dXA = _lora_grads.lora_grads(dY, B, XA, 0.5)
+    (dB,), dXA = _lora_grads.lora_grads([dY], [B], [XA], [0.5])
     ref_dB, ref_dXA = _reference(dY, B, XA, 0.5)
     assert dB.shape == (N, r) and dXA.shape == (M, r)
     assert rel_err(dB, ref_dB) < 1e-5 and rel_err(dXA, ref_dXA) < 1e-5
+
+
+def _group(M, Ns, r, device, dtype):
+    """Gradients and ``B``'s of several widths, and their ``XA``'s as column slices of one
+    ``X [A_1; A_2; ...]^T``, as ``_plain`` makes them."""
+    dYs = [torch.randn(M, N, device=device, dtype=dtype) for N in Ns]
+    Bs = [torch.randn(N, r, device=device, dtype=dtype) for N in Ns]
+    XAs = torch.randn(M, r * len(Ns), device=device, dtype=dtype).split(r, dim=1)
+    return dYs, Bs, list(XAs)
+
+
+def _check_group(dYs, Bs, XAs, ss, bound, baseline=None):
+    """Each projection's ``dB`` and its slice of ``dXA`` against float64, within ``bound`` (or
+    no worse than ``baseline``'s, cuBLAS's, when given)."""
+    dBs, dXA = _lora_grads.lora_grads(dYs, Bs, XAs, ss)
+    r = XAs[0].shape[1]
+    assert dXA.shape == (dYs[0].shape[0], r * len(dYs))
+    for j, (dY, B, XA, s) in enumerate(zip(dYs, Bs, XAs, ss, strict=True)):
+        ref_dB, ref_dXA = _reference(dY, B, XA, s)
+        got = {"dB": (dBs[j], ref_dB), "dXA": (dXA[:, j * r : (j + 1) * r], ref_dXA)}
+        for name, (value, ref) in got.items():
+            limit = bound if baseline is None else 1.25 * rel_err(baseline[name](j), ref) + 1e-4
+            assert rel_err(value, ref) <= limit, (j, name, rel_err(value, ref), limit)
+    return dBs, dXA
+
+
+@interpreter
+@pytest.mark.parametrize(
+    "M, Ns, r, programs",
+    [(130, (1100, 300, 40), 16, 3), (70, (600, 520), 8, 3), (300, (100, 60), 16, 8)],
+    ids=["qkv-like", "pair-rank8", "pair-row-chunks"],
+)
+def test_group_in_the_interpreter(M, Ns, r, programs, monkeypatch):
+    """Two or three projections in one launch: column blocks numbered across them, each
+    projection's own scale, tails in every width; with eight programs, row chunks too."""
+    monkeypatch.setattr(_lora_grads, "persistent_programs", lambda t: programs)
+    dYs, Bs, XAs = _group(M, Ns, r, "cpu", torch.float32)
+    _check_group(dYs, Bs, XAs, [0.5, 2.0, -1.0][: len(Ns)], 1e-5)
 
 
 @pytest.mark.gpu
@@ -76,14 +115,30 @@ def test_lora_grads_against_float64(M, N, r, view, dtype):
     """No worse than cuBLAS's two GEMMs against float64, and the same bits on a second call
     (the partials are summed in a fixed order)."""
     dY, B, XA = _case(M, N, r, view, "cuda", dtype)
-    assert _lora_grads.fusable_grads(dY, B, XA)
+    assert _lora_grads.fusable_grads([dY], [B], [XA])
     ref_dB, ref_dXA = _reference(dY, B, XA, 2.0)
-    dB, dXA = _lora_grads.lora_grads(dY, B, XA, 2.0)
+    (dB,), dXA = _lora_grads.lora_grads([dY], [B], [XA], [2.0])
     cublas_dB, cublas_dXA = linear.scaled_mm(dY.t(), XA, 2.0), linear.scaled_mm(dY, B, 2.0)
     assert rel_err(dB, ref_dB) <= 1.25 * rel_err(cublas_dB, ref_dB) + 1e-4
     assert rel_err(dXA, ref_dXA) <= 1.25 * rel_err(cublas_dXA, ref_dXA) + 1e-4
-    again = _lora_grads.lora_grads(dY, B, XA, 2.0)
-    assert torch.equal(again[0], dB) and torch.equal(again[1], dXA)
+    (again_dB,), again_dXA = _lora_grads.lora_grads([dY], [B], [XA], [2.0])
+    assert torch.equal(again_dB, dB) and torch.equal(again_dXA, dXA)
+
+
+@pytest.mark.gpu
+@sm90
+@pytest.mark.parametrize("r", [8, 16])
+def test_group_against_float64(r):
+    """q, k and v's shapes in one launch: each projection no worse than cuBLAS against float64,
+    and the same bits on a second call."""
+    dYs, Bs, XAs = _group(8192, (4096, 1024, 1024), r, "cuda", torch.bfloat16)
+    ss = [2.0, 0.5, 1.0]
+    assert _lora_grads.fusable_grads(dYs, Bs, XAs)
+    cublas = {"dB": lambda j: linear.scaled_mm(dYs[j].t(), XAs[j], ss[j]),
+              "dXA": lambda j: linear.scaled_mm(dYs[j], Bs[j], ss[j])}  # fmt: skip
+    dBs, dXA = _check_group(dYs, Bs, XAs, ss, None, cublas)
+    again_dBs, again_dXA = _lora_grads.lora_grads(dYs, Bs, XAs, ss)
+    assert torch.equal(again_dXA, dXA) and all(map(torch.equal, again_dBs, dBs))
 
 
 @pytest.mark.gpu
@@ -91,16 +146,24 @@ def test_lora_grads_against_float64(M, N, r, view, dtype):
 def test_fusable_grads_rejects(monkeypatch):
     """What the kernel cannot take, or would not pay for, goes to cuBLAS."""
     dY, B, XA = _case(64, 8192, 16, False, "cuda", torch.bfloat16)
+
+    def fusable(dY, B, XA):
+        return _lora_grads.fusable_grads([dY], [B], [XA])
+
     monkeypatch.setattr(_lora_grads, "_MIN_GRADIENT", 64 * 8192 + 1)
-    assert not _lora_grads.fusable_grads(dY, B, XA)  # too small to pay for the extra launch
+    assert not fusable(dY, B, XA)  # too small to pay for the extra launch
+    assert _lora_grads.fusable_grads([dY, dY], [B, B], [XA, XA])  # large enough together
     monkeypatch.setattr(_lora_grads, "_MIN_GRADIENT", 0)
-    assert _lora_grads.fusable_grads(dY, B, XA)
-    assert not _lora_grads.fusable_grads(dY.float(), B.float(), XA.float())  # 32-bit
-    assert not _lora_grads.fusable_grads(dY, B.half(), XA)  # mixed dtypes
-    assert not _lora_grads.fusable_grads(dY, B[:, :12], XA[:, :12])  # rank not a multiple of 8
+    assert fusable(dY, B, XA)
+    assert not fusable(dY.float(), B.float(), XA.float())  # 32-bit
+    assert not fusable(dY, B.half(), XA)  # mixed dtypes
+    assert not fusable(dY, B[:, :12], XA[:, :12])  # rank not a multiple of 8
     r32 = torch.randn(64, 32, device="cuda", dtype=dY.dtype)
-    assert not _lora_grads.fusable_grads(dY, B.repeat(1, 2), r32)  # rank above _MAX_RANK
-    assert not _lora_grads.fusable_grads(dY[:, 1:8001], B[1:8001], XA)  # not 16-byte aligned
+    assert not fusable(dY, B.repeat(1, 2), r32)  # rank above _MAX_RANK
+    assert not fusable(dY[:, 1:8001], B[1:8001], XA)  # not 16-byte aligned
+    assert not _lora_grads.fusable_grads([dY] * 4, [B] * 4, [XA] * 4)  # above _MAX_GROUP
+    assert not _lora_grads.fusable_grads([dY, dY], [B, B[:, :8]], [XA, XA[:, :8]])  # two ranks
+    assert not _lora_grads.fusable_grads([dY, dY[:32]], [B, B], [XA, XA[:32]])  # two lengths
 
 
 @pytest.mark.gpu
@@ -110,14 +173,16 @@ def test_fusable_grads_rejects(monkeypatch):
 @pytest.mark.usefixtures("_gradients_fuse")
 def test_functions_take_it(block, fp32_adapters, monkeypatch):
     """Every adapter's ``dB`` and ``dXA`` go through ``lora_grads``, on the lean path (bf16
-    adapters) and on ``_linear``'s (fp32 adapters, narrowed), and the block still matches
-    PEFT in float64."""
+    adapters: q, k and v in one call) and on ``_linear``'s (fp32 adapters, narrowed: one call
+    per adapter), and the block still matches PEFT in float64."""
     calls = []
     real = _lora_grads.lora_grads
-    monkeypatch.setattr(linear, "lora_grads", lambda *a: calls.append(a[0].shape) or real(*a))
+    for module in (linear, plain):
+        monkeypatch.setattr(module, "lora_grads", lambda *a: calls.append(len(a[0])) or real(*a))
     model = make_model(torch.bfloat16, r=8, autocast_adapter_dtype=fp32_adapters).cuda()
     ref = copy.deepcopy(model).double()
     X = torch.randn(4, 40, 16, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     errs = compare(block, model, X, ref_model=ref, ref_X=X.detach().double().requires_grad_())
     assert max(errs.values()) < 2e-2, errs
-    assert len(calls) == {"mlp": 3, "qkv": 3, "o": 1}[block], calls
+    grouped = block == "qkv" and not fp32_adapters
+    assert calls == ([3] if grouped else [1] * {"mlp": 3, "qkv": 3, "o": 1}[block]), calls

@@ -288,8 +288,8 @@ def rank_r_grads(
     """``(dB, dXA) = (s dL^T XA, s dL B)``, each only if needed: ``dB`` in ``B``'s dtype,
     ``dXA`` in ``ldt``, both computed in ``acc``. When both are needed and ``_lora_grads``
     applies, one kernel reads ``dL`` once for the two; otherwise two cuBLAS GEMMs."""
-    if need_B and need_dXA and fusable_grads(dL, B, XA):
-        dB, dXA = lora_grads(dL, B, XA, s)
+    if need_B and need_dXA and fusable_grads([dL], [B], [XA]):
+        (dB,), dXA = lora_grads([dL], [B], [XA], [s])
         return dB, to(dXA, ldt)
     dB = to(scaled_mm(dL.t(), to(XA, acc), s), B.dtype) if need_B else None
     dXA = to(scaled_mm(dL, to(B, acc), s), ldt) if need_dXA else None

@@ -9,7 +9,8 @@ Each projection ``j`` has one adapter without dropout, DoRA or a LoRA bias, in `
                                                      weights, _gemm.lora_matmul_group)
 
     dB_j = s_j dY_j^T XA_j      dXA_j = s_j dY_j B_j      dbias_j = sum_N dY_j
-                                        (_linear.rank_r_grads: one pass over dY_j, or two)
+                    (_lora_grads: one pass over every dY_j, q, k and v in one launch; or
+                     _linear.rank_r_grads per projection)
     dX = [dXA_1, ...] [A_1; ...] + sum_j dY_j W_j       (_linear.input_grad)
     [dA_1; ...] = [dXA_1, ...]^T X
 
@@ -30,6 +31,7 @@ from torch import Tensor
 from ._args import dropout_active
 from ._gemm import fusable_group, lora_matmul_group
 from ._linear import base_weight, input_grad, lora_first, rank_r_grads
+from ._lora_grads import fusable_grads, lora_grads
 from ._params import LoraParams
 
 
@@ -84,6 +86,28 @@ def forward(ctx: Any, X: Tensor, plan: PlainLayout, flat: Sequence[Any]) -> list
     return outs
 
 
+def _rank_r_grads(
+    dYs: Sequence[Tensor],
+    Bs: Sequence[Tensor],
+    XAs: Sequence[Tensor],
+    ss: Sequence[float],
+    need_B: Sequence[bool],
+    want_dXA: bool,
+) -> tuple[list[Tensor | None], Tensor | None]:
+    """``([dB_j], [dXA_1, dXA_2, ...])``, the ``dB`` that are needed and, if wanted, the ``dXA``
+    side by side: one ``_lora_grads`` launch for all projections where it applies (q, k and v
+    together), else ``rank_r_grads`` per projection."""
+    if want_dXA and all(need_B) and fusable_grads(dYs, Bs, XAs):
+        return lora_grads(dYs, Bs, XAs, ss)
+    dtypes = (dYs[0].dtype, dYs[0].dtype)  # computed in, and dXA kept in, X's dtype
+    pairs = [rank_r_grads(*args, want_dXA, *dtypes)
+             for args in zip(dYs, Bs, XAs, ss, need_B, strict=True)]  # fmt: skip
+    if not want_dXA:
+        return [dB for dB, _ in pairs], None
+    dXAs = [dXA for _, dXA in pairs]
+    return [dB for dB, _ in pairs], dXAs[0] if len(dXAs) == 1 else torch.cat(dXAs, dim=1)
+
+
 def backward(ctx: Any, dYs: Sequence[Tensor]) -> tuple[Any, ...]:
     """``(dX, None, *grads)``, ``grads`` flat like ``forward``'s tensors."""
     X, XA, *flat = ctx.saved_tensors
@@ -91,19 +115,14 @@ def backward(ctx: Any, dYs: Sequence[Tensor]) -> tuple[Any, ...]:
     XAs = XA.split(plan.ranks, dim=1) if len(plan.ranks) > 1 else (XA,)
     n = len(plan.s)
     need_A = [need[2 + 4 * j + 2] for j in range(n)]
+    need_B = [need[2 + 4 * j + 3] for j in range(n)]
     want_dXA = need[0] or any(need_A)
+    dBs, dXA = _rank_r_grads(dYs, flat[3::4], XAs, plan.s, need_B, want_dXA)
     grads: list[Tensor | None] = []
-    dXAs = []
-    dtypes = (X.dtype, X.dtype)  # computed in, and dXA kept in, X's dtype: nothing to cast
-    for j, (dY, s) in enumerate(zip(dYs, plan.s, strict=True)):
-        need_bias, need_B = need[2 + 4 * j + 1], need[2 + 4 * j + 3]
-        dB, dXA_j = rank_r_grads(dY, flat[4 * j + 3], XAs[j], s, need_B, want_dXA, *dtypes)
-        grads += (None, dY.sum(0) if need_bias else None, None, dB)
-        if want_dXA:
-            dXAs.append(dXA_j)
+    for j, dY in enumerate(dYs):
+        grads += (None, dY.sum(0) if need[2 + 4 * j + 1] else None, None, dBs[j])
     if not want_dXA:
         return (None, None, *grads)
-    dXA = dXAs[0] if n == 1 else torch.cat(dXAs, dim=1)
     dX = None
     if need[0]:
         As = flat[2::4]
