@@ -102,8 +102,9 @@ def test_adapters_narrower_than_activations(block):
 
 @pytest.mark.parametrize("block", ["qkv", "o"])
 def test_plain_path_only_for_plain_adapters(block, monkeypatch):
-    """``_plain``'s body runs for one plain adapter per projection and no autocast; dropout in
-    training, a LoRA bias, several adapters or autocast take ``_linear``'s."""
+    """``_plain``'s body runs for one plain adapter per projection and no autocast, PEFT's fp32
+    adapters on bf16 activations included (narrowed); dropout in training, a LoRA bias,
+    several adapters or autocast take ``_linear``'s."""
     calls = []
     forward = _plain.forward
     monkeypatch.setattr(_plain, "forward", lambda *a: calls.append(1) or forward(*a))
@@ -114,6 +115,9 @@ def test_plain_path_only_for_plain_adapters(block, monkeypatch):
         calls.clear()
         ours(make_model(**config), _X(2, 3))
         assert bool(calls) == plain, config
+    calls.clear()
+    ours(make_model(torch.bfloat16), _X(2, 3, dtype=torch.bfloat16))  # fp32 adapters
+    assert calls
     calls.clear()
     model = make_model(torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -50,7 +50,7 @@ def _mask(dropout: nn.Module, shape: torch.Size, dtype: torch.dtype, X: Tensor) 
     return dropout(torch.ones(shape, dtype=dtype, device=X.device)).reshape(-1, shape[-1])
 
 
-def _lora_compute_dtype(adapter: torch.dtype, X: torch.dtype, dora: bool) -> torch.dtype:
+def lora_compute_dtype(adapter: torch.dtype, X: torch.dtype, dora: bool) -> torch.dtype:
     """The dtype the LoRA branch computes in: the activations' for fp32 adapters on 16-bit
     activations, else the adapters' (PEFT's).
 
@@ -86,7 +86,7 @@ def apply_args(
         for ad in prm.adapters:
             peft_dtype = cast or ad.A.dtype  # what PEFT computes the branch in
             M = _mask(ad.dropout, shape, peft_dtype, X)
-            lora = _lora_compute_dtype(peft_dtype, X.dtype, ad.m is not None)
+            lora = lora_compute_dtype(peft_dtype, X.dtype, ad.m is not None)
             flat += (to(ad.A, lora), to(ad.B, lora), to(ad.b, lora), ad.m, to(M, lora))
         layouts.append(Layout(tuple(ad.s for ad in prm.adapters), prm.quant_state))
     return tuple(layouts), flat

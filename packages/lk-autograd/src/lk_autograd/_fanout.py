@@ -1,6 +1,7 @@
 """Forward and backward bodies shared by ``LoRA_QKV`` and ``LoRA_O``: projections of one input.
 
-Two bodies: ``_plain``'s for the common case (one plain adapter per projection, no autocast),
+Two bodies: ``_plain``'s for the common case (one plain adapter per projection, in the
+activations' dtype or narrowed to it, no autocast),
 ``_linear``'s for everything else; ``apply`` picks one by the ``layouts`` it passes.
 """
 
@@ -51,7 +52,7 @@ def apply(function: Any, modules: list[nn.Module], X: Tensor) -> list[Tensor] | 
     X = L.to(X, cast)
     plan = _plain.layout(params, X, cast)
     if plan is not None:
-        layouts, flat = plan, _plain.flatten(params)
+        layouts, flat = plan, _plain.flatten(params, X.dtype)
     else:
         layouts, flat = apply_args(params, X, [X.shape] * len(params), cast)
     with no_autocast(X.device.type):

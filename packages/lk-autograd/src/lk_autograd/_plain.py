@@ -1,8 +1,9 @@
 """The common case of ``_linear``'s projections of one input, without its generality.
 
-Each projection ``j`` has one adapter without dropout, DoRA or a LoRA bias, in ``X``'s dtype
-(no autocast), so nothing is cast, masked or grouped by dtype. ``X`` ``[N, k]``, ``W_j``
-``[o_j, k]`` (or bnb 4-bit), ``A_j`` ``[r_j, k]``, ``B_j`` ``[o_j, r_j]``::
+Each projection ``j`` has one adapter without dropout, DoRA or a LoRA bias, computed in ``X``'s
+dtype (no autocast; PEFT's default fp32 adapters on 16-bit activations narrowed to it, as
+``_args`` narrows them), so nothing is cast inside, masked or grouped by dtype. ``X``
+``[N, k]``, ``W_j`` ``[o_j, k]`` (or bnb 4-bit), ``A_j`` ``[r_j, k]``, ``B_j`` ``[o_j, r_j]``::
 
     XA = X [A_1; A_2; ...]^T  (one GEMM, split by rank)
     Y_j = s_j XA_j B_j^T + X W_j^T + bias_j          (_linear.lora_first; without 4-bit
@@ -28,9 +29,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ._args import dropout_active
+from ._args import dropout_active, lora_compute_dtype
 from ._gemm import fusable_group, lora_matmul_group
-from ._linear import base_weight, input_grad, lora_first, rank_r_grads
+from ._linear import base_weight, input_grad, lora_first, rank_r_grads, to
 from ._lora_grads import fusable_grads, lora_grads
 from ._params import LoraParams
 
@@ -53,7 +54,7 @@ def layout(params: Sequence[LoraParams], X: Tensor, cast: torch.dtype | None) ->
         a = p.adapters[0]
         if a.m is not None or a.b is not None or dropout_active(a.dropout):
             return None
-        if a.A.dtype != X.dtype or a.B.dtype != X.dtype:
+        if a.B.dtype != a.A.dtype or lora_compute_dtype(a.A.dtype, X.dtype, False) != X.dtype:
             return None
     return PlainLayout(
         tuple(p.adapters[0].s for p in params),
@@ -62,11 +63,13 @@ def layout(params: Sequence[LoraParams], X: Tensor, cast: torch.dtype | None) ->
     )
 
 
-def flatten(params: Sequence[LoraParams]) -> list[Tensor | None]:
-    """``apply``'s tensors: ``W, bias, A, B`` per projection."""
+def flatten(params: Sequence[LoraParams], dtype: torch.dtype) -> list[Tensor | None]:
+    """``apply``'s tensors: ``W, bias, A, B`` per projection, ``A`` and ``B`` in ``dtype`` (the
+    activations'; autograd carries their gradients back through the cast)."""
     flat: list[Tensor | None] = []
     for p in params:
-        flat += (p.W, p.bias, p.adapters[0].A, p.adapters[0].B)
+        a = p.adapters[0]
+        flat += (p.W, p.bias, to(a.A, dtype), to(a.B, dtype))
     return flat
 
 
