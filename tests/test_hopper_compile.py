@@ -1,0 +1,180 @@
+"""Every shipped Triton kernel compiles for sm_90 (H100, H200) and fits its shared memory: on a CPU.
+
+Triton's compiler and its bundled ``ptxas`` run without a GPU. Here each launcher builds its
+real arguments, descriptors and constexprs on CPU tensors, and ``launch`` is replaced by the
+JIT's ``warmup`` under a stand-in driver that reports an sm_90 target: the kernels go through
+the whole pipeline (TTIR to cubin) without running. This catches what the interpreter tests
+cannot: front-end errors the interpreter accepts (the ninth session's two ``return``\\ s
+around a constexpr ``if`` failed only on the GPU) and a specialization that needs more
+shared memory than one block may have, which fails only at launch. Numerics stay the GPU
+tests' (``-m gpu``) and the interpreter's.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from lk_autograd import _gemm, _lora_grads, _quant_kernel
+from lk_triton import _gated
+
+triton = pytest.importorskip("triton")
+pytestmark = pytest.mark.skipif(
+    _gated.INTERPRET, reason="TRITON_INTERPRET=1 replaces the JIT that compiles here"
+)
+
+# CUDA C Programming Guide, compute capability 9.0: at most 227 KB of shared memory per block.
+SM90_SHARED_BYTES = 227 * 1024
+
+
+class _Sm90Driver:
+    """The three calls the JIT makes of the active driver before it compiles."""
+
+    def get_current_device(self) -> str:
+        return "sm_90 compile check"  # a device cache of its own in each JITFunction
+
+    def get_current_stream(self, device: Any) -> int:
+        return 0
+
+    def get_current_target(self) -> Any:
+        from triton.backends.compiler import GPUTarget
+
+        return GPUTarget("cuda", 90, 32)
+
+
+@pytest.fixture
+def compiled(monkeypatch) -> list[Any]:
+    """The ``CompiledKernel`` of each launch the test makes, compiled and not run."""
+    from triton.runtime import driver
+
+    kernels: list[Any] = []
+
+    def compile_only(kernel, programs, args, kwargs, device) -> None:
+        kernels.append(kernel.warmup(*args, grid=(programs,), **kwargs))
+
+    for module in (_gated, _gemm, _lora_grads, _quant_kernel):
+        monkeypatch.setattr(module, "launch", compile_only)
+    monkeypatch.setattr(_gated, "uses_triton", lambda t: True)
+    previous = driver._active  # None until something asks for the default (CUDA) driver
+    driver.set_active(_Sm90Driver())
+    yield kernels
+    driver.set_active(previous)
+
+
+def _check(kernels: list[Any], names: list[str]) -> None:
+    assert [k.name for k in kernels] == names
+    for k in kernels:
+        assert k.asm["cubin"], k.name
+        assert k.metadata.shared <= SM90_SHARED_BYTES, (k.name, k.metadata.shared)
+
+
+def _randn(*shape: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    return torch.randn(*shape).to(dtype)
+
+
+@pytest.mark.parametrize("kind", ["silu", "gelu", "gelu_tanh"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64], ids=["bf16", "fp64"])
+def test_gated_activation(compiled, kind, dtype):
+    gate, up = _randn(333, 40, dtype=dtype), _randn(333, 40, dtype=dtype)
+    _gated.gated_forward(gate, up, kind)
+    _gated.gated_backward(gate.clone(), gate, up, kind, inplace=False, store_h=False)
+    _check(compiled, ["gated_forward_kernel", "gated_backward_kernel"])
+
+
+def test_gated_activation_int64_offsets(compiled, monkeypatch):
+    """Past 2^31 elements the offsets are int64 (``INT64``); the bound lowered to reach it."""
+    monkeypatch.setattr(_gated, "_INT32_LIMIT", 0)
+    gate = _randn(64, 32)
+    _gated.gated_backward(gate.clone(), gate, gate.clone(), "silu", inplace=True)
+    _check(compiled, ["gated_backward_kernel"])
+
+
+@pytest.mark.parametrize(
+    "dtype, M, r, w_kn, more, bias, s",
+    [
+        (torch.bfloat16, 256, 16, False, 0, False, 2.0),  # a projection's forward
+        (torch.bfloat16, 333, 16, False, 0, True, 1.0),  # biased (Qwen2), unit scale
+        (torch.bfloat16, 256, 64, True, 2, False, 2.0),  # q/k/v's dX: three pairs, top rank
+        (torch.float16, 333, 8, True, 1, False, 0.5),  # gate/up's dX, rank below 16
+    ],
+    ids=["bf16-r16", "bf16-bias", "bf16-r64-3pairs", "fp16-r8-2pairs"],
+)
+def test_lora_matmul(compiled, dtype, M, r, w_kn, more, bias, s):
+    K, N = 192, 320
+    W = _randn(K, N, dtype=dtype) if w_kn else _randn(N, K, dtype=dtype)
+    U = _randn(r, N, dtype=dtype) if w_kn else _randn(N, r, dtype=dtype)
+    pairs = [(_randn(M, 64, dtype=dtype), _randn(64, N, dtype=dtype)) for _ in range(more)]
+    b = _randn(N, dtype=dtype) if bias else None
+    X, XA = _randn(M, K, dtype=dtype), _randn(M, r, dtype=dtype)
+    _gemm.lora_matmul(X, W, XA, U, s, w_kn, pairs, bias=b)
+    _check(compiled, ["_kernel"])
+
+
+@pytest.mark.parametrize(
+    "activation, r, dtype",
+    [("silu", 16, torch.bfloat16), ("gelu", 64, torch.bfloat16), ("gelu_tanh", 8, torch.float16)],
+    ids=["silu-r16-bf16", "gelu-r64-bf16", "gelu_tanh-r8-fp16"],
+)
+def test_gated_lora_matmul(compiled, activation, r, dtype):
+    M, K, N = 333, 192, 320
+    X = _randn(M, K, dtype=dtype)
+    Ws = [_randn(N, K, dtype=dtype) for _ in range(2)]
+    XAs = [_randn(M, r, dtype=dtype) for _ in range(2)]
+    Us = [_randn(N, r, dtype=dtype) for _ in range(2)]
+    _gemm.gated_lora_matmul(X, Ws, XAs, Us, [2.0, 2.0], activation)
+    _check(compiled, ["_gated_kernel"])
+
+
+@pytest.mark.parametrize(
+    "ranks, biases, dtype",
+    [((16, 16, 16), (True, True, True), torch.bfloat16), ((64, 8), (False, True), torch.float16)],
+    ids=["qkv-biased", "two-outputs-r64"],
+)
+def test_lora_matmul_group(compiled, ranks, biases, dtype):
+    M, K, Ns = 256, 192, (320, 64, 64)
+    X = _randn(M, K, dtype=dtype)
+    XAs = _randn(M, sum(ranks), dtype=dtype).split(ranks, dim=1)
+    Ws = [_randn(N, K, dtype=dtype) for N in Ns[: len(ranks)]]
+    Us = [_randn(W.shape[0], r, dtype=dtype) for W, r in zip(Ws, ranks, strict=True)]
+    bs = [_randn(W.shape[0], dtype=dtype) if b else None for W, b in zip(Ws, biases, strict=True)]
+    _gemm.lora_matmul_group(X, Ws, XAs, Us, [2.0] * len(Ws), bs)
+    _check(compiled, ["_grouped_kernel"])
+
+
+@pytest.mark.parametrize(
+    "Ns, r, dtype",
+    [
+        ((1096,), 16, torch.bfloat16),
+        ((600,), 8, torch.float16),
+        ((640, 128, 128), 16, torch.bfloat16),
+        ((640, 128), 8, torch.float16),
+    ],
+    ids=["one-tma-r16", "one-tma-r8", "qkv-pointers", "two-pointers-r8"],
+)
+def test_lora_grads(compiled, Ns, r, dtype):
+    M = 333
+    dYs = [_randn(M, N, dtype=dtype) for N in Ns]
+    Bs = [_randn(N, r, dtype=dtype) for N in Ns]
+    XAs = _randn(M, r * len(Ns), dtype=dtype).split(r, dim=1)
+    _lora_grads.lora_grads(dYs, Bs, XAs, [2.0] * len(Ns))
+    _check(compiled, ["_partials_kernel", "_sum_kernel"])
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["absmax", "nested-absmax"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_dequantize_4bit(compiled, nested, dtype):
+    """A bitsandbytes ``QuantState``'s fields, as the launcher reads them (no bitsandbytes)."""
+    shape, blocksize = (64, 32), 64
+    blocks = 64 * 32 // blocksize
+    state2 = SimpleNamespace(absmax=torch.rand(1), code=torch.randn(256), blocksize=256)
+    absmax = torch.randint(0, 255, (blocks,), dtype=torch.uint8) if nested else torch.rand(blocks)
+    qs = SimpleNamespace(
+        shape=torch.Size(shape), dtype=dtype, blocksize=blocksize, nested=nested, absmax=absmax,
+        code=torch.randn(16), state2=state2 if nested else None, offset=0.5 if nested else None,
+    )  # fmt: skip
+    packed = torch.randint(0, 255, (64 * 32 // 2, 1), dtype=torch.uint8)
+    _quant_kernel.dequantize_4bit_triton(packed, qs)
+    _check(compiled, ["_dequantize_4bit_kernel"])

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# One call on the lent GPU machine (no uv there: its torch, triton, transformers and peft, with
+# the workspace's packages on PYTHONPATH): the GPU tests, then the benchmarks, each step's log
+# and files under $OUT/<step>. Run from the repository root; carry .whl/ (made by
+# ../shared/tools/gpu-wheels.sh bitsandbytes liger-kernel axolotl ...) for the peers and 4-bit.
+#
+#   bash tools/gpu_session.sh [STEP...]     default: tests compile micro model
+#
+# Steps: tests (pytest -m gpu), compile (tests/test_hopper_compile.py under that Triton),
+# micro (r=16, bf16 and NF4), model (8 layers), grads (tools/bench_lora_grads.py),
+# profile (kernel tables of the QKV and MLP blocks, r=16).
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit
+OUT=${OUT:-bench-results}
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl
+fi
+src=""
+for p in packages/*/src integrations/*/src; do src="$src:$PWD/$p"; done
+export PYTHONPATH="/tmp/site$src:$PWD:$PWD/tools"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+
+step() {  # step NAME COMMAND...: run it, log to $OUT/NAME/log.txt, report its status
+    local name=$1 start=$SECONDS
+    shift
+    mkdir -p "$OUT/$name"
+    "$@" >"$OUT/$name/log.txt" 2>&1
+    local rc=$?
+    echo "== $name: exit $rc, $((SECONDS - start)) s; last lines:"
+    tail -n 4 "$OUT/$name/log.txt"
+}
+
+pytest=(python3 -m pytest -q -p no:cacheprovider)
+steps=("$@")
+[[ ${#steps[@]} -gt 0 ]] || steps=(tests compile micro model)
+for s in "${steps[@]}"; do
+    case $s in
+        tests) step tests "${pytest[@]}" -m gpu tests/autograd tests/triton ;;
+        compile) step compile "${pytest[@]}" tests/test_hopper_compile.py ;;
+        micro) step micro python3 tools/bench.py --suite micro --ranks 16 --out "$OUT/micro" ;;
+        model) step model python3 tools/bench.py --suite model --layers 8 --out "$OUT/model" ;;
+        grads) step grads env OUT="$OUT/grads" python3 tools/bench_lora_grads.py ;;
+        profile) step profile bash -c "python3 tools/bench_lora_blocks.py --profile qkv --ranks 16 \
+            && python3 tools/bench_lora_blocks.py --profile mlp --ranks 16" ;;
+        *) echo "unknown step $s (tests compile micro model grads profile)" && exit 2 ;;
+    esac
+done
