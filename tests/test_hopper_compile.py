@@ -12,6 +12,7 @@ tests' (``-m gpu``) and the interpreter's.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -46,7 +47,7 @@ class _Sm90Driver:
 
 
 @pytest.fixture
-def compiled(monkeypatch) -> list[Any]:
+def compiled(monkeypatch) -> Iterator[list[Any]]:
     """The ``CompiledKernel`` of each launch the test makes, compiled and not run."""
     from triton.runtime import driver
 
