@@ -168,14 +168,14 @@ def test_lora_grads(compiled, Ns, r, dtype):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_dequantize_4bit(compiled, nested, dtype):
     """A bitsandbytes ``QuantState``'s fields, as the launcher reads them (no bitsandbytes)."""
-    shape, blocksize = (64, 32), 64
-    blocks = 64 * 32 // blocksize
+    shape, blocksize = torch.Size((64, 32)), 64
+    blocks = shape.numel() // blocksize
     state2 = SimpleNamespace(absmax=torch.rand(1), code=torch.randn(256), blocksize=256)
     absmax = torch.randint(0, 255, (blocks,), dtype=torch.uint8) if nested else torch.rand(blocks)
     qs = SimpleNamespace(
-        shape=torch.Size(shape), dtype=dtype, blocksize=blocksize, nested=nested, absmax=absmax,
+        shape=shape, dtype=dtype, blocksize=blocksize, nested=nested, absmax=absmax,
         code=torch.randn(16), state2=state2 if nested else None, offset=0.5 if nested else None,
     )  # fmt: skip
-    packed = torch.randint(0, 255, (64 * 32 // 2, 1), dtype=torch.uint8)
+    packed = torch.randint(0, 255, (shape.numel() // 2, 1), dtype=torch.uint8)
     _quant_kernel.dequantize_4bit_triton(packed, qs)
     _check(compiled, ["_dequantize_4bit_kernel"])
