@@ -7,8 +7,8 @@
 #   bash tools/gpu_session.sh [STEP...]     default: tests compile micro model
 #
 # Steps: tests (pytest -m gpu), compile (tests/test_hopper_compile.py under that Triton),
-# micro (r=16, bf16 and NF4), model (8 layers), grads (tools/bench_lora_grads.py),
-# profile (kernel tables of the QKV and MLP blocks, r=16).
+# micro (r=16, bf16 and NF4), model (8 layers), model32 (32 layers, gradient checkpointing),
+# grads (tools/bench_lora_grads.py), profile (kernel tables of the QKV and MLP blocks, r=16).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit
 OUT=${OUT:-bench-results}
@@ -41,9 +41,10 @@ for s in "${steps[@]}"; do
         compile) step compile "${pytest[@]}" tests/test_hopper_compile.py ;;
         micro) step micro python3 tools/bench.py --suite micro --ranks 16 --out "$OUT/micro" ;;
         model) step model python3 tools/bench.py --suite model --layers 8 --out "$OUT/model" ;;
+        model32) step model32 python3 tools/bench.py --suite model --layers 32 --out "$OUT/model32" ;;
         grads) step grads env OUT="$OUT/grads" python3 tools/bench_lora_grads.py ;;
         profile) step profile bash -c "python3 tools/bench_lora_blocks.py --profile qkv --ranks 16 \
             && python3 tools/bench_lora_blocks.py --profile mlp --ranks 16" ;;
-        *) echo "unknown step $s (tests compile micro model grads profile)" && exit 2 ;;
+        *) echo "unknown step $s (tests compile micro model model32 grads profile)" && exit 2 ;;
     esac
 done
