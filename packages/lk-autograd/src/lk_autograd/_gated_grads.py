@@ -50,7 +50,7 @@ _MAX_RANK = 16  # the [BN, r] float32 accumulators, three of them, share the reg
 _MIN_GRADIENT = 1 << 25  # M x I, as _lora_grads' bound: at 8192 tokens every MLP from I = 4096
 _MAX_CHUNKS = 8  # row chunks: each adds a [3 I, R] float32 partial
 # Tile, warps and pipeline stages of the partials kernel (a benchmark may sweep them).
-_CONFIG = {"BM": 64, "BN": 256, "num_warps": 8, "num_stages": 2}
+_CONFIG = {"BM": 64, "BN": 128, "num_warps": 8, "num_stages": 1}
 
 
 def fusable_gated_grads(
@@ -157,19 +157,23 @@ if triton is not None:
     ):  # fmt: skip
         """Units (column block ``c``, row chunk ``k``) dealt to the programs in turn. A unit
         walks its chunk a ``[BM, BN]`` tile at a time: ``de`` and ``dg`` stored, ``part_dXA[c]``
-        (gate) and ``part_dXA[BLOCKS + c]`` (up) for the tile's rows, and its columns' ``[BN,
-        R]`` sums carried to ``part_dB[k]``: ``dB_g``, ``dB_u`` and ``dA_d^T`` one ``N`` rows
-        after the other."""
+        (gate) and ``part_dXA[BLOCKS + c]`` (up) for the tile's rows, and its columns' sums
+        carried to ``part_dB[k]``: ``dB_g``, ``dB_u`` and ``dA_d^T`` one ``N`` rows after the
+        other. Every product takes the computed tile as its second operand, transposed or not
+        (``dXA^T = B^T de^T``, ``dB^T = XA^T de``), the rank-r one first: so each computed tile
+        reaches the dots in one layout. With the tile first in some (``de B``, ``de^T XA``),
+        the compiler recomputed the activation in each layout, which spilled (255 registers
+        and 0.4-10 KB of spills per thread, against none at 64 x 128 with eight warps)."""
         rank = tl.arange(0, R)
         n_sums = 3 if HAS_DA else 2
         for unit in tl.range(tl.program_id(0), UNITS, PROGRAMS):
             c, k = unit % BLOCKS, unit // BLOCKS
             cols = c * BN + tl.arange(0, BN)
-            b_g = _rank_block(bg_ptr, bg_stride, cols, N, r, R)
-            b_u = _rank_block(bu_ptr, bu_stride, cols, N, r, R)
-            db_g = tl.zeros((BN, R), dtype=tl.float32)
-            db_u = tl.zeros((BN, R), dtype=tl.float32)
-            da_d = tl.zeros((BN, R), dtype=tl.float32)
+            b_g = tl.trans(_rank_block(bg_ptr, bg_stride, cols, N, r, R))  # [R, BN]
+            b_u = tl.trans(_rank_block(bu_ptr, bu_stride, cols, N, r, R))
+            db_g = tl.zeros((R, BN), dtype=tl.float32)
+            db_u = tl.zeros((R, BN), dtype=tl.float32)
+            da_d = tl.zeros((R, BN), dtype=tl.float32)
             for i in tl.range(0, ROWS // BM):
                 om = k * ROWS + i * BM
                 rows = om + tl.arange(0, BM)
@@ -181,18 +185,21 @@ if triton is not None:
                 dg = (dh * a).to(dg_desc.dtype)
                 de_desc.store([om, c * BN], de)
                 dg_desc.store([om, c * BN], dg)
-                out = ((c * M + rows).to(tl.int64) * R)[:, None] + rank[None, :]
-                row_in = (rows < M)[:, None]
-                tl.store(part_dxa_ptr + out, tl.dot(de, b_g), mask=row_in)
-                tl.store(part_dxa_ptr + out + BLOCKS * M * R, tl.dot(dg, b_u), mask=row_in)
-                db_g = tl.dot(tl.trans(de), _rank_block(xag_ptr, xag_stride, rows, M, r, R), db_g)
-                db_u = tl.dot(tl.trans(dg), _rank_block(xau_ptr, xau_stride, rows, M, r, R), db_u)
+                out = ((c * M + rows).to(tl.int64) * R)[None, :] + rank[:, None]
+                row_in = (rows < M)[None, :]
+                tl.store(part_dxa_ptr + out, tl.dot(b_g, tl.trans(de)), mask=row_in)
+                up = part_dxa_ptr + out + BLOCKS * M * R
+                tl.store(up, tl.dot(b_u, tl.trans(dg)), mask=row_in)
+                xag = tl.trans(_rank_block(xag_ptr, xag_stride, rows, M, r, R))
+                db_g = tl.dot(xag, de, db_g)
+                xau = tl.trans(_rank_block(xau_ptr, xau_stride, rows, M, r, R))
+                db_u = tl.dot(xau, dg, db_u)
                 if HAS_DA:
                     h = (a * gv).to(dg_desc.dtype)
-                    dxa_d = _rank_block(dxad_ptr, dxad_stride, rows, M, r, R)
-                    da_d = tl.dot(tl.trans(h), dxa_d, da_d)
-            out = ((k * n_sums * N + cols).to(tl.int64) * R)[:, None] + rank[None, :]
-            col_in = (cols < N)[:, None]
+                    dxa_d = tl.trans(_rank_block(dxad_ptr, dxad_stride, rows, M, r, R))
+                    da_d = tl.dot(dxa_d, h, da_d)
+            out = ((k * n_sums * N + cols).to(tl.int64) * R)[None, :] + rank[:, None]
+            col_in = (cols < N)[None, :]
             tl.store(part_db_ptr + out, db_g, mask=col_in)
             tl.store(part_db_ptr + out + N * R, db_u, mask=col_in)
             if HAS_DA:
