@@ -33,7 +33,7 @@ from torch import Tensor
 from lk_triton._launch import launch
 
 from . import _lora_grads
-from ._gemm import _DTYPES, _runs_here, persistent_programs
+from ._gemm import _DTYPES, _aligned, _runs_here, persistent_programs
 
 try:
     import triton
@@ -46,7 +46,7 @@ try:
 except ImportError:  # triton is a Linux-only dependency: the separate path runs everything there
     triton = None
 
-_MAX_RANK = 16  # the [BN, r] float32 accumulators, three of them, share the registers
+_MAX_RANK = 16  # the three [r, BN] float32 accumulators share the registers with the tiles
 _MIN_GRADIENT = 1 << 25  # M x I, as _lora_grads' bound: at 8192 tokens every MLP from I = 4096
 _MAX_CHUNKS = 8  # row chunks: each adds a [3 I, R] float32 partial
 # Tile, warps and pipeline stages of the partials kernel (a benchmark may sweep them).
@@ -58,9 +58,9 @@ def fusable_gated_grads(
     dXA_down: Tensor | None,
 ) -> bool:  # fmt: skip
     """True when ``gated_lora_grads`` can and should run: where ``_gemm`` runs (enabled, eager,
-    NVIDIA sm_90+), one 16-bit dtype, contiguous ``[M, I]`` tensors of one shape and at least
-    ``_MIN_GRADIENT`` elements, one rank (down's too) that is a multiple of 8 up to
-    ``_MAX_RANK``, rank-r operands with unit inner strides."""
+    NVIDIA sm_90+), one 16-bit dtype, contiguous and TMA-aligned ``[M, I]`` tensors of one
+    shape and at least ``_MIN_GRADIENT`` elements, one rank (down's too) that is a multiple of
+    8 up to ``_MAX_RANK``, rank-r operands with unit inner strides."""
     r = XAs[0].shape[1]
     rank_r = (*Bs, *XAs, *([] if dXA_down is None else [dXA_down]))
     if r % 8 or not 0 < r <= _MAX_RANK or any(t.shape[1] != r for t in rank_r):
@@ -76,7 +76,8 @@ def fusable_gated_grads(
     full = (dh, e, g)
     if not all(t.dtype == e.dtype for t in (*full, *rank_r)):
         return False
-    return all(t.is_contiguous() for t in full) and all(t.stride(1) == 1 for t in rank_r)
+    tiles_fit = all(t.is_contiguous() and _aligned(t) for t in full)
+    return tiles_fit and all(t.stride(1) == 1 for t in rank_r)
 
 
 def gated_lora_grads(

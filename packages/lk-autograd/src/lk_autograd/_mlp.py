@@ -54,6 +54,10 @@ class LoRA_MLP(torch.autograd.Function):
         de = dh * g * act'(e)     dg = dh * act(e)  (lk_triton, which also recomputes h)
         dX = d gate / dX (de) + d up / dX (dg)      A, B, b, m grads per projection (_linear)
 
+    With plain adapters on 16-bit activations at sizes where it pays, ``_gated_grads`` computes
+    ``de``, ``dg``, gate's and up's ``dB`` and ``dXA`` and down's ``dA = dXA_d^T h`` in one
+    pass over ``dh``, ``e`` and ``g``, and ``h`` is never stored (``_fused_backward``).
+
     Saved: ``X``, ``e``, ``g`` and the ``[N, r]`` LoRA intermediates (plus, only with DoRA,
     each DoRA projection's pre-scale output ``Z`` and, only with dropout, the masks). ``h`` is
     recomputed in backward, into ``dh``'s buffer; ``de`` and ``dg`` overwrite ``e`` and ``g``
