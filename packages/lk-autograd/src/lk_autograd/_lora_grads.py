@@ -112,36 +112,14 @@ def lora_grads(
     args = [*projections, part_dXA, part_dB, M, r, rows, units, programs]
     options = {"BM": BM, "BN": BN, "R": R, "TMA": tma, "num_stages": 3, "num_warps": 8}
     launch(_partials_kernel, programs, args, options, device)
-    dXA, dB = sums(part_dXA, part_dB, r, col_blocks, Ns, ss, dYs[0].dtype)
-    return list(dB.split(Ns)), dXA
-
-
-def sums(
-    part_dXA: Tensor,
-    part_dB: Tensor,
-    r: int,
-    col_blocks: Sequence[int],
-    Ns: Sequence[int],
-    ss: Sequence[float],
-    dtype: torch.dtype,
-) -> tuple[Tensor, Tensor]:
-    """``(dXA, dB)`` from float32 partials, in one launch and a fixed order, scaled and rounded
-    once to ``dtype``: ``dXA`` ``[M, len(col_blocks) r]``, projection ``j``'s columns ``s_j sum_c
-    part_dXA[c]`` over its ``col_blocks[j]`` blocks (numbered one projection after the other);
-    ``dB`` ``[sum(Ns), r]``, rows ``s_j sum_k part_dB[k]`` over the row chunks, ``j`` the
-    projection the row falls in (``Ns[j]`` rows each). ``part_dXA`` is ``[sum(col_blocks), M,
-    R]``, ``part_dB`` ``[chunks, sum(Ns), R]``, ``R >= r``. Up to ``_MAX_GROUP`` of each:
-    ``_gated_grads`` sums two ``dXA`` and three ``dB``."""
-    M, R = part_dXA.shape[1], part_dXA.shape[2]
-    dXA = torch.empty(M, len(col_blocks) * r, device=part_dXA.device, dtype=dtype)
-    dB = torch.empty(sum(Ns), r, device=part_dXA.device, dtype=dtype)
+    dXA = torch.empty(M, len(dYs) * r, device=device, dtype=dYs[0].dtype)
+    dB = torch.empty(sum(Ns), r, device=device, dtype=dYs[0].dtype)
     scales = [*ss, 0.0, 0.0][:_MAX_GROUP]
     blocks = triton.cdiv(dXA.numel(), _REDUCE_BLOCK) + triton.cdiv(dB.numel(), _REDUCE_BLOCK)
     bounds = [*col_blocks, 0, 0][:_MAX_GROUP] + [*Ns, 0][:2]
-    args = [part_dXA, part_dB, dXA, dB, M, r, len(col_blocks), *bounds, sum(Ns),
-            part_dB.shape[0], *scales]  # fmt: skip
-    launch(_sum_kernel, blocks, args, {"R": R, "BLOCK": _REDUCE_BLOCK}, part_dXA.device)
-    return dXA, dB
+    args = [part_dXA, part_dB, dXA, dB, M, r, len(dYs), *bounds, sum(Ns), chunks, *scales]
+    launch(_sum_kernel, blocks, args, {"R": R, "BLOCK": _REDUCE_BLOCK}, device)
+    return list(dB.split(Ns)), dXA
 
 
 if triton is not None:

@@ -12,7 +12,6 @@ import lk_triton  # registers the torch.ops.lk_triton custom ops
 
 from . import _linear as L
 from ._args import apply_args, autocast_dtype, no_autocast, output, read
-from ._gated_grads import fusable_gated_grads, gated_lora_grads
 from ._gemm import fusable_gated, gated_lora_matmul
 
 # LoRA_MLP's activation names -> lk_triton's. Under torch.compile the kernels run behind
@@ -54,10 +53,6 @@ class LoRA_MLP(torch.autograd.Function):
         de = dh * g * act'(e)     dg = dh * act(e)  (lk_triton, which also recomputes h)
         dX = d gate / dX (de) + d up / dX (dg)      A, B, b, m grads per projection (_linear)
 
-    With plain adapters on 16-bit activations at sizes where it pays, ``_gated_grads`` computes
-    ``de``, ``dg``, gate's and up's ``dB`` and ``dXA`` and down's ``dA = dXA_d^T h`` in one
-    pass over ``dh``, ``e`` and ``g``, and ``h`` is never stored (``_fused_backward``).
-
     Saved: ``X``, ``e``, ``g`` and the ``[N, r]`` LoRA intermediates (plus, only with DoRA,
     each DoRA projection's pre-scale output ``Z`` and, only with dropout, the masks). ``h`` is
     recomputed in backward, into ``dh``'s buffer; ``de`` and ``dg`` overwrite ``e`` and ``g``
@@ -88,10 +83,6 @@ class LoRA_MLP(torch.autograd.Function):
             dh, (g_down,), pending = L.backward_input(
                 [down], layouts[2:], saved_down, [dY], [need_down], True, X.dtype
             )
-            fused = _fused_backward(ctx, X, dh, e, g, (gate, up, down), saved_gu, pending, g_down)
-            if fused is not None:
-                dX, grads = fused
-                return (dX, None, None, *L.pack(grads))
             # dh is ours (not saved): h is written into its buffer, one [N, I] fewer alive.
             # When the graph dies with this backward, de and dg overwrite e and g too (two
             # fewer); a second backward (retain_graph) must still read them, so then not.
@@ -119,58 +110,6 @@ def _plain(p: L.Proj, dtype: torch.dtype) -> bool:
         return False
     a = p.adapters[0]
     return a.m is None and a.M is None and a.b is None and a.A.dtype == dtype
-
-
-def _fused_backward(
-    ctx: Any,
-    X: Tensor,
-    dh: Tensor,
-    e: Tensor,
-    g: Tensor,
-    projs: tuple[L.Proj, L.Proj, L.Proj],
-    saved_gu: list[L.Saved],
-    pending: list[L.Pending],
-    g_down: L.Proj,
-) -> tuple[Tensor | None, list[L.Proj]] | None:
-    """``(dX, [gate's, up's and down's gradients])`` when ``_gated_grads.gated_lora_grads``
-    applies, else None: the activation backward, gate's and up's ``dB`` and ``dXA = [dXA_g,
-    dXA_u]``, and down's ``dA = dXA_d^T h`` in one pass; then ``dX`` and gate's and up's ``dA``
-    as ``backward_input`` and ``grad_A`` make them. It applies to plain gate and up adapters in
-    the activations' dtype whose ``A`` and ``B`` need gradients and whose base biases don't,
-    with down's ``dA`` not needed or without dropout in that dtype. ``de`` and ``dg`` overwrite
-    ``e`` and ``g`` when the graph dies with this backward."""
-    gate, up, down = projs
-    layouts, dtype = ctx.layouts, e.dtype
-    needs = L.unpack(layouts, ctx.needs_input_grad[3:])[:2]
-    if not all(_plain(p, dtype) for p in (gate, up)) or len(pending) > 1:
-        return None
-    if any(n.bias or not (n.adapters[0].A and n.adapters[0].B) for n in needs):
-        return None
-    if pending and (len(down.adapters) != 1 or down.adapters[0].M is not None
-                    or down.adapters[0].A.dtype != dtype):  # fmt: skip
-        return None
-    dXA_down = pending[0].dXA if pending else None
-    dh = dh.contiguous()
-    Bs, XAs = [p.adapters[0].B for p in (gate, up)], [s.XA for s in saved_gu]
-    if not fusable_gated_grads(dh, e, g, Bs, XAs, dXA_down):
-        return None
-    ss = [lo.s[0] for lo in layouts[:2]]
-    kernel = _KERNEL_ACTIVATION[ctx.activation]
-    dead = _saved_dead_after_backward()
-    de, dg, dBs, dXA, dA_down = gated_lora_grads(dh, e, g, Bs, XAs, ss, dXA_down, kernel, dead)
-    del dh
-    A = torch.cat([gate.adapters[0].A, up.adapters[0].A])
-    dX = None
-    if ctx.needs_input_grad[0]:
-        base = [(de, gate.W, layouts[0].quant_state), (dg, up.W, layouts[1].quant_state)]
-        dX = L.input_grad(None, (dXA, A), base, X.dtype)
-    del de, dg
-    dAs = (dXA.t() @ X).split(gate.adapters[0].A.shape[0])
-    grads = [L.Proj(None, None, (L.Adapter(dA, dB, None, None, None),))
-             for dA, dB in zip(dAs, dBs, strict=True)]  # fmt: skip
-    if dA_down is not None:
-        g_down = g_down._replace(adapters=(g_down.adapters[0]._replace(A=dA_down),))
-    return dX, [*grads, g_down]
 
 
 def _gate_up(
