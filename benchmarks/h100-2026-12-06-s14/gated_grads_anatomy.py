@@ -1,16 +1,19 @@
 """Scratch (fourteenth session): where the one-pass activation backward + rank-r gradients
 (``lk_autograd._gated_grads`` in 7fe8a4e..ab3382e, reverted) loses its time. The same tiled,
-persistent kernel with its pieces added one at a time (``PARTS``):
+persistent kernel with its pieces added one at a time (``PARTS``), at several tiles, warps,
+stages and programs per SM (``CONFIGS``):
 
 0. the activation backward alone: ``dh``, ``e``, ``g`` loaded through TMA in ``[BM, BN]``
    tiles, ``de`` and ``dg`` stored (five passes);
 1. + ``dXA`` of gate and up (two products per tile, float32 partials stored);
 2. + ``dB`` of gate and up (two more, carried across the chunk);
-3. + down's ``dA`` from ``h`` (the shipped kernel).
+3. + down's ``dA`` from ``h`` (the reverted kernel).
 
 Against a device copy and lk_triton's flat backward (six passes, ``h`` too), at 8192 x 14336,
-rank 16, SiLU, bf16; CUDA-graph replay. Run from the repository root with the packages' src
-folders and tools/ on PYTHONPATH, on the GPU machine; output: the .txt beside this file.
+rank 16, SiLU, bf16, eight row chunks; CUDA-graph replay. The first run
+(``gated_grads_anatomy.txt``) timed all four parts at the first configuration; this version
+times parts 0 and 0..3 at each (``gated_grads_anatomy_2.txt``). Run from the repository root
+with the packages' src folders and tools/ on PYTHONPATH, on the GPU machine.
 """
 
 import torch
@@ -23,7 +26,9 @@ from lk_triton import _gated
 from lk_triton._kernels import SILU, activation_and_derivative
 
 M, N, R = 8192, 14336, 16
-BM, BN, WARPS, STAGES = 64, 128, 8, 3
+# (BM, BN, warps, stages, programs per SM); the first is the reverted kernel's best.
+CONFIGS = [(64, 128, 8, 3, 1), (64, 128, 4, 2, 2), (32, 128, 4, 3, 2), (32, 128, 4, 2, 2),
+           (64, 64, 4, 3, 2), (128, 128, 8, 2, 1), (64, 256, 8, 2, 1)]  # fmt: skip
 
 
 @triton.jit
@@ -82,31 +87,32 @@ def main() -> None:
     Bs = [torch.randn(N, R, **bf) for _ in range(2)]
     XAs = [torch.randn(M, R, **bf) for _ in range(3)]
     n_sm = torch.cuda.get_device_properties(0).multi_processor_count
-    blocks, chunks = triton.cdiv(N, BN), 8
-    rows = M // chunks
-    part_dxa = torch.empty(2 * blocks, M, R, device="cuda", dtype=torch.float32)
-    part_db = torch.empty(chunks, 3 * N, R, device="cuda", dtype=torch.float32)
-    descs = [TensorDescriptor.from_tensor(t, [BM, BN]) for t in (dh, e, g, de, dg)]
-    units = blocks * chunks
-    args = [*descs, N, *Bs, *XAs, part_dxa, part_db, M, rows, blocks, units, n_sm]
     results = {}
     copy_src, copy_dst = torch.randn(5 * M * N // 2, **bf), torch.empty(5 * M * N // 2, **bf)
     results["device copy, 5 passes"] = graph_ms(lambda: copy_dst.copy_(copy_src))
     results["lk_triton backward, 6 passes"] = graph_ms(
         lambda: _gated.gated_backward(dh, e, g, "silu", inplace=False)
     )
-    for parts in range(4):
+    for BM, BN, warps, stages, per_sm in CONFIGS:
+        blocks, chunks = triton.cdiv(N, BN), 8
+        part_dxa = torch.empty(2 * blocks, M, R, device="cuda", dtype=torch.float32)
+        part_db = torch.empty(chunks, 3 * N, R, device="cuda", dtype=torch.float32)
+        descs = [TensorDescriptor.from_tensor(t, [BM, BN]) for t in (dh, e, g, de, dg)]
+        programs = per_sm * n_sm
+        args = [*descs, N, *Bs, *XAs, part_dxa, part_db, M, M // chunks, blocks,
+                blocks * chunks, programs]  # fmt: skip
+        for parts in (0, 3):
 
-        def run(parts=parts):
-            _kernel[(n_sm,)](*args, PARTS=parts, BM=BM, BN=BN, R=R, num_warps=WARPS,
-                             num_stages=STAGES)  # fmt: skip
+            def run(parts=parts, args=args, programs=programs, c=(BM, BN, warps, stages)):
+                _kernel[(programs,)](*args, PARTS=parts, BM=c[0], BN=c[1], R=R,
+                                     num_warps=c[2], num_stages=c[3])  # fmt: skip
 
-        results[f"tiled kernel, parts 0..{parts}"] = graph_ms(run)
-    print(f"{torch.cuda.get_device_name()}, triton {triton.__version__}, {M} x {N}, r = {R}, "
-          f"BM {BM} BN {BN} warps {WARPS} stages {STAGES}")  # fmt: skip
+            name = f"{BM}x{BN} w{warps} s{stages} {per_sm}/SM, parts 0..{parts}"
+            results[name] = graph_ms(run)
+    print(f"{torch.cuda.get_device_name()}, triton {triton.__version__}, {M} x {N}, r = {R}")
     passes = 5 * M * N * 2
     for name, ms in results.items():
-        print(f"{name:34s} {ms * 1e3:8.1f} us  ({passes / ms / 1e9:6.2f} TB/s for 5 passes)")
+        print(f"{name:36s} {ms * 1e3:8.1f} us  ({passes / ms / 1e9:6.2f} TB/s for 5 passes)")
 
 
 if __name__ == "__main__":
