@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import torch
 
-from lk_autograd import _gemm, _lora_grads, _quant_kernel
+from lk_autograd import _activation_backward, _gemm, _lora_grads, _quant_kernel
 from lk_triton import _gated
 
 triton = pytest.importorskip("triton")
@@ -56,7 +56,7 @@ def compiled(monkeypatch) -> Iterator[list[Any]]:
     def compile_only(kernel, programs, args, kwargs, device) -> None:
         kernels.append(kernel.warmup(*args, grid=(programs,), **kwargs))
 
-    for module in (_gated, _gemm, _lora_grads, _quant_kernel):
+    for module in (_gated, _gemm, _lora_grads, _quant_kernel, _activation_backward):
         monkeypatch.setattr(module, "launch", compile_only)
     monkeypatch.setattr(_gated, "uses_triton", lambda t: True)
     previous = driver._active  # None until something asks for the default (CUDA) driver
@@ -161,6 +161,18 @@ def test_lora_grads(compiled, Ns, r, dtype):
     Bs = [_randn(N, r, dtype=dtype) for N in Ns]
     XAs = _randn(M, r * len(Ns), dtype=dtype).split(r, dim=1)
     _lora_grads.lora_grads(dYs, Bs, XAs, [2.0] * len(Ns))
+    _check(compiled, ["_partials_kernel", "_sum_kernel"])
+
+
+@pytest.mark.parametrize(
+    "activation, r, dtype",
+    [("silu", 16, torch.bfloat16), ("gelu", 64, torch.bfloat16), ("gelu_tanh", 8, torch.float16)],
+    ids=["silu-r16-bf16", "gelu-r64-bf16", "gelu_tanh-r8-fp16"],
+)
+def test_activation_backward_with_dA(compiled, activation, r, dtype):
+    dh, e, g = (_randn(333, 320, dtype=dtype) for _ in range(3))
+    dXA = _randn(333, r, dtype=dtype)
+    _activation_backward.activation_backward_with_dA(dh, e, g, dXA, activation, inplace=True)
     _check(compiled, ["_partials_kernel", "_sum_kernel"])
 
 

@@ -396,6 +396,12 @@ def grad_A(
             rows = (dXA.t() @ to(X, dtype)).split([item.dXA.shape[1] for item in items])
         for item, dA_ij in zip(items, rows, strict=True):
             dA[item.proj, item.adapter] = dA_ij
+    return with_dA(grads, dA)
+
+
+def with_dA(grads: list[Proj], dA: dict[tuple[int, int], Tensor]) -> list[Proj]:
+    """``grads`` with ``dA[i, j]`` as the ``A`` gradient of projection ``i``'s adapter ``j``
+    (None where ``dA`` has none)."""
     out = []
     for i, g in enumerate(grads):
         adapters = tuple(a._replace(A=dA.get((i, j))) for j, a in enumerate(g.adapters))

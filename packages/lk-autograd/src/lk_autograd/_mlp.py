@@ -11,6 +11,7 @@ from torch import Tensor, nn
 import lk_triton  # registers the torch.ops.lk_triton custom ops
 
 from . import _linear as L
+from ._activation_backward import activation_backward_with_dA, fusable_activation_dA
 from ._args import apply_args, autocast_dtype, no_autocast, output, read
 from ._gemm import fusable_gated, gated_lora_matmul
 
@@ -50,13 +51,13 @@ class LoRA_MLP(torch.autograd.Function):
     ``act`` is SiLU (``swiglu``) or GELU, exact or tanh (``geglu``, ``geglu_tanh``). Backward::
 
         dh = d down / dh (dY)                       (dY W_down + LoRA terms, _linear)
-        de = dh * g * act'(e)     dg = dh * act(e)  (lk_triton, which also recomputes h)
+        de = dh * g * act'(e)     dg = dh * act(e)  (recomputing h: _gated_backward)
         dX = d gate / dX (de) + d up / dX (dg)      A, B, b, m grads per projection (_linear)
 
     Saved: ``X``, ``e``, ``g`` and the ``[N, r]`` LoRA intermediates (plus, only with DoRA,
     each DoRA projection's pre-scale output ``Z`` and, only with dropout, the masks). ``h`` is
-    recomputed in backward, into ``dh``'s buffer; ``de`` and ``dg`` overwrite ``e`` and ``g``
-    unless the graph is retained for another backward.
+    recomputed in backward (in registers, or into ``dh``'s buffer); ``de`` and ``dg`` overwrite
+    ``e`` and ``g`` unless the graph is retained for another backward.
     """
 
     @staticmethod
@@ -83,25 +84,46 @@ class LoRA_MLP(torch.autograd.Function):
             dh, (g_down,), pending = L.backward_input(
                 [down], layouts[2:], saved_down, [dY], [need_down], True, X.dtype
             )
-            # dh is ours (not saved): h is written into its buffer, one [N, I] fewer alive.
-            # When the graph dies with this backward, de and dg overwrite e and g too (two
-            # fewer); a second backward (retain_graph) must still read them, so then not.
-            h = dh.contiguous()
+            de, dg, g_down = _gated_backward(
+                dh.contiguous(), e, g, down, pending, g_down, ctx.activation
+            )
             del dh
-            if _saved_dead_after_backward():
-                _, de, dg = _INPLACE_BACKWARD[ctx.activation](h, e, g)
-            else:
-                de, dg = torch.ops.lk_triton.gated_recompute_backward_(
-                    h, e, g, _KERNEL_ACTIVATION[ctx.activation]
-                )
-            (g_down,) = L.grad_A(h, [down], pending, [g_down])
-            del h
             dX, grads, pending = L.backward_input(
                 [gate, up], layouts[:2], saved_gu, [de, dg], [need_gate, need_up], need_X, X.dtype
             )
             del de, dg
             grads = L.grad_A(X, [gate, up], pending, grads)
         return (dX, None, None, *L.pack([*grads, g_down]))
+
+
+def _gated_backward(
+    dh: Tensor, e: Tensor, g: Tensor, down: L.Proj, pending: list[L.Pending],
+    g_down: L.Proj, activation: str,
+) -> tuple[Tensor, Tensor, L.Proj]:  # fmt: skip
+    """``(de, dg, g_down)``: the activation's input gradients and down's gradients with ``dA``
+    filled in (``dA = dXA^T h``, ``h`` recomputed from ``e`` and ``g``).
+
+    ``dh`` is ours (not saved). When the graph dies with this backward, ``de`` and ``dg``
+    overwrite ``e`` and ``g`` (two ``[N, I]`` fewer alive); a second backward (retain_graph)
+    must still read them, so then not. A single dropout-free adapter on down of the
+    activations' dtype takes ``activation_backward_with_dA``, which never stores ``h``;
+    otherwise lk_triton's backward writes ``h`` into ``dh``'s buffer for ``grad_A`` to read.
+    """
+    inplace = _saved_dead_after_backward()
+    if len(pending) == 1 and len(down.adapters) == 1 and down.adapters[0].M is None:
+        dXA, A = pending[0].dXA, down.adapters[0].A
+        if fusable_activation_dA(dh, e, g, dXA, A):
+            kind = _KERNEL_ACTIVATION[activation]
+            de, dg, dA = activation_backward_with_dA(dh, e, g, dXA, kind, inplace)
+            return de, dg, L.with_dA([g_down], {(0, 0): dA})[0]
+    if inplace:
+        _, de, dg = _INPLACE_BACKWARD[activation](dh, e, g)
+    else:
+        de, dg = torch.ops.lk_triton.gated_recompute_backward_(
+            dh, e, g, _KERNEL_ACTIVATION[activation]
+        )
+    (g_down,) = L.grad_A(dh, [down], pending, [g_down])  # dh's buffer holds h now
+    return de, dg, g_down
 
 
 def _plain(p: L.Proj, dtype: torch.dtype) -> bool:
