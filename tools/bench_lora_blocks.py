@@ -222,20 +222,27 @@ def timed_ms(fn: Callable[[], None]) -> float:
     return triton.testing.do_bench(fn, rep=500, return_mode="median")
 
 
-def graph_ms(step: Callable[[], None]) -> float:
-    """``step`` captured once in a CUDA graph, then its replay timed like ``step`` itself: the
-    GPU's time with the host out of the loop. On a slow host the small blocks' wall time is the
-    host's (Python and launches), which in a whole model overlaps the GPU work of other layers;
-    this is the part that does not."""
+def capture_graph(step: Callable[[], None]) -> torch.cuda.CUDAGraph:
+    """``step`` captured once in a CUDA graph, after two warm-up calls off the default stream
+    (as capture requires)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
+    with torch.cuda.stream(side):
         for _ in range(2):
             step()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         step()
+    return graph
+
+
+def graph_ms(step: Callable[[], None]) -> float:
+    """``step``'s CUDA graph (``capture_graph``) replayed and timed like ``step`` itself: the
+    GPU's time with the host out of the loop. On a slow host the small blocks' wall time is the
+    host's (Python and launches), which in a whole model overlaps the GPU work of other layers;
+    this is the part that does not."""
+    graph = capture_graph(step)
     ms = timed_ms(graph.replay)
     del graph
     torch.cuda.empty_cache()
