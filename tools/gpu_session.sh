@@ -8,8 +8,9 @@
 #
 # Steps: tests (pytest -m gpu), compile (tests/test_hopper_compile.py under that Triton),
 # micro (r=16, bf16 and NF4), model (8 layers), model32 (32 layers, gradient checkpointing),
-# grads (tools/bench_lora_grads.py), actgrad (tools/bench_activation_backward.py with its sweep
-# and a twelve-round MLP A/B), profile (kernel tables of the QKV and MLP blocks, r=16).
+# grads (tools/bench_lora_grads.py), actgrad (tools/bench_activation_backward.py: the kernel
+# table and a twelve-round MLP A/B), actsweep (its tile sweep), profile (kernel tables of the
+# QKV and MLP blocks, r=16).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit
 OUT=${OUT:-bench-results}
@@ -45,9 +46,11 @@ for s in "${steps[@]}"; do
         model32) step model32 python3 tools/bench.py --suite model --layers 32 --out "$OUT/model32" ;;
         grads) step grads env OUT="$OUT/grads" python3 tools/bench_lora_grads.py ;;
         actgrad) step actgrad env OUT="$OUT/actgrad" python3 tools/bench_activation_backward.py \
-            --sweep --ab 12 ;;
+            --ab 12 ;;
+        actsweep) step actsweep env OUT="$OUT/actsweep" python3 tools/bench_activation_backward.py \
+            --sweep ;;
         profile) step profile bash -c "python3 tools/bench_lora_blocks.py --profile qkv --ranks 16 \
             && python3 tools/bench_lora_blocks.py --profile mlp --ranks 16" ;;
-        *) echo "unknown step $s (tests compile micro model model32 grads actgrad profile)" && exit 2 ;;
+        *) echo "unknown step $s (tests compile micro model model32 grads actgrad actsweep profile)" && exit 2 ;;
     esac
 done
