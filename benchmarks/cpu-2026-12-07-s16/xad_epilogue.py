@@ -18,7 +18,16 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from lk_autograd._gemm import _ACTIVATION, _TILE, _add_lora, _gated_kernel, _halves, _tile
+from lk_autograd._gemm import (
+    _ACTIVATION,
+    _TILE,
+    _add_lora,
+    _gated_kernel,
+    _halves,
+    _launch_options,
+    _tile,
+    gated_lora_matmul,
+)
 from lk_triton._kernels import activation_and_derivative
 
 
@@ -86,31 +95,55 @@ def _usage(ptx: str) -> str:
     return f"regs {regs.group(1) if regs else '?'} spill stores {spills}"
 
 
+def _inputs(M: int, K: int, N: int, r: int, make) -> dict:
+    """The gated kernel's inputs and down's ``A_d``; ``make(*shape)`` draws or allocates one."""
+    names_shapes = {"X": (M, K), "Wg": (N, K), "Wu": (N, K), "XAg": (M, r), "XAu": (M, r),
+                    "Bg": (N, r), "Bu": (N, r), "Ad": (r, N)}  # fmt: skip
+    return {name: make(*shape) for name, shape in names_shapes.items()}
+
+
+def _variant_args(t: dict, ss: tuple[float, float], r: int) -> tuple[list, list, dict]:
+    """``_gated_xad_kernel``'s arguments in ``_gemm.gated_lora_matmul``'s layout (its tile,
+    options and descriptors), plus ``A_d``'s descriptor and the partials: ``(args, outputs,
+    options)``, outputs ``[e, g, h, part]``."""
+    X = t["X"]
+    M, N = X.shape[0], t["Wg"].shape[0]
+    BM, BN, BK = _TILE
+    BN //= 2
+    e, g, h = (X.new_empty(M, N) for _ in range(3))
+    part = X.new_zeros(triton.cdiv(N, BN), M, r, dtype=torch.float32)
+    D = TensorDescriptor.from_tensor
+    args = [D(X, [BM, BK]), D(t["Wg"], [BN, BK]), D(t["Wu"], [BN, BK]), X.shape[1],
+            D(t["XAg"], [BM, 16]), D(t["Bg"], [BN, 16]), ss[0],
+            D(t["XAu"], [BM, 16]), D(t["Bu"], [BN, 16]), ss[1],
+            D(e, [BM, BN]), D(g, [BM, BN]), D(h, [BM, BN // 2]),
+            D(t["Ad"], [16, BN // 2]), part, M, N]  # fmt: skip
+    options = {**_launch_options(X), "BN": BN, "SCALE": True, "ACTIVATION": _ACTIVATION["silu"],
+               "R": 16}  # fmt: skip
+    return args, [e, g, h, part], options
+
+
+def _shipped(t: dict, ss: tuple[float, float]):
+    """The shipped kernel through its launcher: ``(e, g, h)``."""
+    return gated_lora_matmul(t["X"], [t["Wg"], t["Wu"]], [t["XAg"], t["XAu"]],
+                             [t["Bg"], t["Bu"]], ss, "silu")  # fmt: skip
+
+
 def main() -> None:
     from triton.runtime import driver
 
     driver.set_active(_Sm90Driver())
-    M, K, N, r = 1024, 512, 1024, 16
-    BM, BN, BK = _TILE
-    BN //= 2
-    bf = torch.bfloat16
-    X, Wg, Wu = torch.empty(M, K, dtype=bf), *(torch.empty(N, K, dtype=bf) for _ in range(2))
-    XAg, XAu = torch.empty(M, r, dtype=bf), torch.empty(M, r, dtype=bf)
-    Bg, Bu = torch.empty(N, r, dtype=bf), torch.empty(N, r, dtype=bf)
-    e, g, h = (torch.empty(M, N, dtype=bf) for _ in range(3))
-    Ad = torch.empty(r, N, dtype=bf)
-    part = torch.empty(N // BN, M, r, dtype=torch.float32)
-    D = TensorDescriptor.from_tensor
-    common = [D(X, [BM, BK]), D(Wg, [BN, BK]), D(Wu, [BN, BK]), K, D(XAg, [BM, 16]),
-              D(Bg, [BN, 16]), 2.0, D(XAu, [BM, 16]), D(Bu, [BN, 16]), 2.0,
-              D(e, [BM, BN]), D(g, [BM, BN]), D(h, [BM, BN // 2])]  # fmt: skip
-    opts = {"BM": BM, "BN": BN, "BK": BK, "GROUP_M": 8, "N_SM": 132, "SCALE": True,
-            "ACTIVATION": _ACTIVATION["silu"], "num_stages": 3, "num_warps": 8}  # fmt: skip
-    k = _gated_kernel.warmup(*common, M, N, grid=(132,), **opts)
-    print(f"shipped _gated_kernel          {_usage(k.asm['ptx'])} shared {k.metadata.shared}")
-    k = _gated_xad_kernel.warmup(*common, D(Ad, [16, BN // 2]), part, M, N, R=16, grid=(132,),
-                                 **opts)  # fmt: skip
-    print(f"+ XA_d partials in epilogue    {_usage(k.asm['ptx'])} shared {k.metadata.shared}")
+    t = _inputs(1024, 512, 1024, 16, lambda *shape: torch.empty(*shape, dtype=torch.bfloat16))
+    args, _, options = _variant_args(t, (2.0, 2.0), 16)
+    options["N_SM"] = 132  # an H100's (the options read 3 for CPU tensors)
+    shipped_args = args[:13] + args[15:]  # the variant's, less A_d's descriptor and the partials
+    shipped_options = {k: v for k, v in options.items() if k != "R"}
+    for name, kernel, a, o in (
+        ("shipped _gated_kernel", _gated_kernel, shipped_args, shipped_options),
+        ("+ XA_d partials in epilogue", _gated_xad_kernel, args, options),
+    ):
+        k = kernel.warmup(*a, grid=(132,), **o)
+        print(f"{name:30s} {_usage(k.asm['ptx'])} shared {k.metadata.shared}")
 
 
 def check() -> None:
@@ -118,31 +151,13 @@ def check() -> None:
     kernels): e, g, h as the shipped kernel's, and sum over column tiles of the partials =
     h A_d^T."""
     torch.manual_seed(0)
-    M, K, N, r = 300, 128, 384, 16
-    BM, BN, BK = _TILE
-    BN //= 2
-    f = torch.float32
-    X, Wg, Wu = torch.randn(M, K), torch.randn(N, K), torch.randn(N, K)
-    XAg, XAu, Bg, Bu = torch.randn(M, r), torch.randn(M, r), torch.randn(N, r), torch.randn(N, r)
-    Ad = torch.randn(r, N)
-    D = TensorDescriptor.from_tensor
-    outs = []
-    for variant in (False, True):
-        e, g, h = (torch.empty(M, N, dtype=f) for _ in range(3))
-        part = torch.zeros(triton.cdiv(N, BN), M, r, dtype=f)
-        args = [D(X, [BM, BK]), D(Wg, [BN, BK]), D(Wu, [BN, BK]), K, D(XAg, [BM, 16]),
-                D(Bg, [BN, 16]), 2.0, D(XAu, [BM, 16]), D(Bu, [BN, 16]), 0.5,
-                D(e, [BM, BN]), D(g, [BM, BN]), D(h, [BM, BN // 2])]  # fmt: skip
-        opts = {"BM": BM, "BN": BN, "BK": BK, "GROUP_M": 8, "N_SM": 3, "SCALE": True,
-                "ACTIVATION": _ACTIVATION["silu"]}  # fmt: skip
-        if variant:
-            _gated_xad_kernel[(3,)](*args, D(Ad, [16, BN // 2]), part, M, N, R=16, **opts)
-        else:
-            _gated_kernel[(3,)](*args, M, N, **opts)
-        outs.append((e, g, h, part))
-    (e0, g0, h0, _), (e1, g1, h1, part) = outs
+    r, ss = 16, (2.0, 0.5)
+    t = _inputs(300, 128, 384, r, torch.randn)
+    e0, g0, h0 = _shipped(t, ss)
+    args, (e1, g1, h1, part), options = _variant_args(t, ss, r)
+    _gated_xad_kernel[(options["N_SM"],)](*args, **options)
     print("e, g, h identical:", all(torch.equal(a, b) for a, b in ((e0, e1), (g0, g1), (h0, h1))))
-    ref = h0.double() @ Ad.double().T
+    ref = h0.double() @ t["Ad"].double().T
     err = (part.double().sum(0) - ref).abs().max() / ref.abs().max()
     print(f"XA_d from the partials against float64: {err:.2e}")
 
@@ -153,32 +168,17 @@ def bench() -> None:
     from triton.testing import do_bench_cudagraph
 
     torch.manual_seed(0)
-    M, K, N, r = 8192, 4096, 14336, 16
-    BM, BN, BK = _TILE
-    BN //= 2
-    bf, dev = torch.bfloat16, "cuda"
-    X = torch.randn(M, K, device=dev, dtype=bf)
-    Wg, Wu = (torch.randn(N, K, device=dev, dtype=bf) * 0.02 for _ in range(2))
-    XAg, XAu = (torch.randn(M, r, device=dev, dtype=bf) for _ in range(2))
-    Bg, Bu = (torch.randn(N, r, device=dev, dtype=bf) * 0.02 for _ in range(2))
-    Ad = torch.randn(r, N, device=dev, dtype=bf) * 0.02
-    e, g, h = (torch.empty(M, N, device=dev, dtype=bf) for _ in range(3))
-    part = torch.empty(triton.cdiv(N, BN), M, r, device=dev, dtype=torch.float32)
-    D = TensorDescriptor.from_tensor
-    args = [D(X, [BM, BK]), D(Wg, [BN, BK]), D(Wu, [BN, BK]), K, D(XAg, [BM, 16]),
-            D(Bg, [BN, 16]), 2.0, D(XAu, [BM, 16]), D(Bu, [BN, 16]), 2.0,
-            D(e, [BM, BN]), D(g, [BM, BN]), D(h, [BM, BN // 2])]  # fmt: skip
-    n_sm = torch.cuda.get_device_properties(0).multi_processor_count
-    opts = {"BM": BM, "BN": BN, "BK": BK, "GROUP_M": 8, "N_SM": n_sm, "SCALE": True,
-            "ACTIVATION": _ACTIVATION["silu"], "num_stages": 3, "num_warps": 8}  # fmt: skip
-    ad_desc = D(Ad, [16, BN // 2])
+    r, ss, bf = 16, (2.0, 2.0), torch.bfloat16
+    t = _inputs(8192, 4096, 14336, r, lambda *shape: torch.randn(*shape, device="cuda", dtype=bf))
+    for name in ("Wg", "Wu", "Bg", "Bu", "Ad"):
+        t[name] *= 0.02
+    args, (_, _, _, part), options = _variant_args(t, ss, r)
 
     def shipped():
-        _gated_kernel[(n_sm,)](*args, M, N, **opts)
-        return h @ Ad.T
+        return _shipped(t, ss)[2] @ t["Ad"].T
 
     def variant():
-        _gated_xad_kernel[(n_sm,)](*args, ad_desc, part, M, N, R=16, **opts)
+        _gated_xad_kernel[(options["N_SM"],)](*args, **options)
         return part.sum(0).to(bf)
 
     ref = shipped().double()
