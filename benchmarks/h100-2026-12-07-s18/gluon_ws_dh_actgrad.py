@@ -1,0 +1,638 @@
+"""Probe: does warp specialization hide the SwiGLU activation backward under the ``dh`` GEMM?
+
+LLaMA MLP backward (SiLU): ``dh = dY @ W_d`` ([M, D] @ [D, I] -> [M, I], K = D, W_d row-major as
+``nn.Linear`` stores it), then with the saved gate pre-activation ``e`` and up output ``g`` and
+``s = sigmoid(e)`` (fp32)::
+
+    de = dh * g * s * (1 + e * (1 - s))
+    dg = dh * e * s
+
+Same structure as ``gluon_ws_gemm.py`` (persistent, grouped tile order, one CTA per SM; Gluon API
+of Triton 3.6.0), except that B is fed as [K, N] row-major (TMA block [BK, BN], no permute) and the
+epilogue partition has 4 warps (one warpgroup):
+
+- default partition, 8 warps: wgmma consumer. Per tile it drains the accumulator, waits
+  ``c_empty``, writes the bf16 ``dh`` tile into the single 128x256 shared buffer, syncs its
+  warps, fences and arrives on ``c_ready``.
+- worker 0, 1 warp: TMA producer of the A/B ring (``STAGES`` deep).
+- worker 1, 2 warps: the epilogue (it shares one warpgroup with the producer warp, so both
+  get the same register count).
+  ``FUSE=False``: TMA-store ``dh`` (the GEMM-only baseline, same kernel).
+  ``FUSE=True``: walks the shared tile in [SUB_M, SUB_N] subtiles (sliced views of the buffer);
+  per subtile it loads ``e``/``g`` from global with plain pointer loads (the next subtile's loads
+  are issued before the current one is computed, and the first subtile's before ``c_ready`` is
+  waited on, since they do not depend on ``dh``), computes ``de``/``dg`` in fp32 and stores them
+  with ``gl.store``; after the last subtile has been read from shared memory it syncs its 4 warps
+  and arrives on ``c_empty``. ``dh`` is never written to global memory.
+
+Why 2 epilogue warps, not 4: Triton 3.6 caps the whole kernel at ``.maxnreg`` = 65536 / threads
+(rounded to 8) and ptxas allocates every partition under that cap, setmaxnreg notwithstanding.
+8 + 1 + 4 warps pads to 16 warps = 128 registers, and ptxas then refuses the 128x256 wgmma
+("Insufficient registers (128) ... register target of 154 or higher"). 8 + 1 + 2 warps stays at
+12 warps = 168 registers (as the GEMM-only kernel had). Subtile 32x64 (32 elements per thread per
+tensor); 64x64 spills ~7 KB under the 168 cap.
+
+Shared memory is unchanged from the GEMM: 3 x 48 KB A/B stages + 64 KB C buffer = 208 KB.
+
+Usage::
+
+    python gluon_ws_dh_actgrad.py --compile   # CPU only: sm_90a compile, shared/regs/spills
+    python gluon_ws_dh_actgrad.py --bench     # H100/H200: correctness vs fp64, then timing
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from typing import Any
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+from triton.runtime.jit import constexpr_function
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gluon_ws_gemm import _ptxas_info, _sm90_driver, _tile_mn
+
+BLOCK_M, BLOCK_N, BLOCK_K = 128, 256, 64
+STAGES = 3
+GROUP_M = 8
+NUM_WARPS = 8  # default (MMA) partition
+EPI_WARPS = 2  # epilogue partition (see the docstring: why not 4)
+LOAD_REGS, EPI_REGS = 168, 168  # the 1+2 worker warps share one warpgroup: equal regs
+SUB_M, SUB_N = 32, 64  # epilogue subtile of the 128x256 dh tile
+
+
+# ----------------------------------------------------------------------------------------------
+# kernel
+# ----------------------------------------------------------------------------------------------
+
+
+@gluon.jit
+def _load_partition(
+    a_desc,
+    b_desc,
+    a_bufs,
+    b_bufs,
+    ready,
+    empty,
+    num_pid_m,
+    num_pid_n,
+    k_tiles,
+    BM: gl.constexpr,
+    BN: gl.constexpr,
+    BK: gl.constexpr,
+    NSTAGE: gl.constexpr,
+    GROUP: gl.constexpr,
+):
+    num_tiles = num_pid_m * num_pid_n
+    nbytes: gl.constexpr = a_desc.block_type.nbytes + b_desc.block_type.nbytes
+    it = 0
+    for tile_id in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
+        pid_m, pid_n = _tile_mn(tile_id, num_pid_m, num_pid_n, GROUP)
+        off_m = pid_m * BM
+        off_n = pid_n * BN
+        for kk in range(k_tiles):
+            s = it % NSTAGE
+            mbarrier.wait(empty.index(s), ((it // NSTAGE) & 1) ^ 1)
+            mbarrier.expect(ready.index(s), nbytes)
+            tma.async_copy_global_to_shared(
+                a_desc, [off_m, kk * BK], ready.index(s), a_bufs.index(s)
+            )
+            # B = W_d [K, N] row-major: block [BK, BN] at (k, n).
+            tma.async_copy_global_to_shared(
+                b_desc, [kk * BK, off_n], ready.index(s), b_bufs.index(s)
+            )
+            it += 1
+
+
+@gluon.jit
+def _mma_partition(
+    a_bufs,
+    b_bufs,
+    ready,
+    empty,
+    c_smem,
+    c_ready,
+    c_empty,
+    num_pid_m,
+    num_pid_n,
+    k_tiles,
+    BM: gl.constexpr,
+    BN: gl.constexpr,
+    NSTAGE: gl.constexpr,
+    WARPS: gl.constexpr,
+):
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[WARPS, 1], instr_shape=[16, BN, 16]
+    )
+    num_tiles = num_pid_m * num_pid_n
+    it = 0
+    t = 0
+    for _tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
+        acc = gl.zeros((BM, BN), dtype=gl.float32, layout=acc_layout)
+        for kk in range(k_tiles):
+            s = it % NSTAGE
+            mbarrier.wait(ready.index(s), (it // NSTAGE) & 1)
+            acc = warpgroup_mma(
+                a_bufs.index(s), b_bufs.index(s), acc, use_acc=kk > 0, is_async=True
+            )
+            acc, _, _ = warpgroup_mma_wait(1, deps=(acc, a_bufs.index(s), b_bufs.index(s)))
+            mbarrier.arrive(empty.index((it + NSTAGE - 1) % NSTAGE), count=1, pred=kk > 0)
+            it += 1
+        acc = warpgroup_mma_wait(0, deps=(acc,))
+        mbarrier.arrive(empty.index((it + NSTAGE - 1) % NSTAGE), count=1)
+
+        mbarrier.wait(c_empty, (t & 1) ^ 1)
+        c_smem.store(acc.to(c_smem.dtype))
+        gl.thread_barrier()  # all 8 warps' writes before the single-thread arrive
+        fence_async_shared()  # for the TMA store (FUSE=False)
+        mbarrier.arrive(c_ready, count=1)
+        t += 1  # noqa: SIM113 (Gluon loops have no enumerate)
+
+
+@gluon.jit
+def _epilogue_store_partition(
+    c_desc,
+    c_smem,
+    c_ready,
+    c_empty,
+    num_pid_m,
+    num_pid_n,
+    BM: gl.constexpr,
+    BN: gl.constexpr,
+    GROUP: gl.constexpr,
+):
+    """FUSE=False: TMA-store the dh tile."""
+    num_tiles = num_pid_m * num_pid_n
+    t = 0
+    for tile_id in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
+        pid_m, pid_n = _tile_mn(tile_id, num_pid_m, num_pid_n, GROUP)
+        mbarrier.wait(c_ready, t & 1)
+        tma.async_copy_shared_to_global(c_desc, [pid_m * BM, pid_n * BN], c_smem)
+        tma.store_wait(0)
+        mbarrier.arrive(c_empty, count=1)
+        t += 1  # noqa: SIM113 (Gluon loops have no enumerate)
+
+
+# Integer arithmetic on static_range indices (// and % would make runtime tensors in the JIT).
+@constexpr_function
+def _sub_row(j, nsub, nsub_n, sub_m):
+    """Row origin of subtile j (mod nsub) in a tile of nsub subtiles, nsub_n per row."""
+    j, nsub, nsub_n, sub_m = (int(getattr(x, "value", x)) for x in (j, nsub, nsub_n, sub_m))
+    return ((j % nsub) // nsub_n) * sub_m
+
+
+@constexpr_function
+def _sub_col(j, nsub, nsub_n, sub_n):
+    j, nsub, nsub_n, sub_n = (int(getattr(x, "value", x)) for x in (j, nsub, nsub_n, sub_n))
+    return ((j % nsub) % nsub_n) * sub_n
+
+
+@constexpr_function
+def _is_last(j, nsub):
+    j, nsub = (int(getattr(x, "value", x)) for x in (j, nsub))
+    return 1 if j + 1 == nsub else 0
+
+
+@gluon.jit
+def _tile_base(
+    tile_id, num_pid_m, num_pid_n, N, BM: gl.constexpr, BN: gl.constexpr, GROUP: gl.constexpr
+):
+    pid_m, pid_n = _tile_mn(tile_id, num_pid_m, num_pid_n, GROUP)
+    return pid_m * BM * N + pid_n * BN
+
+
+@gluon.jit
+def _epilogue_actgrad_partition(
+    e_ptr,
+    g_ptr,
+    de_ptr,
+    dg_ptr,
+    c_smem,
+    c_ready,
+    c_empty,
+    num_pid_m,
+    num_pid_n,
+    N,
+    BM: gl.constexpr,
+    BN: gl.constexpr,
+    SM_: gl.constexpr,
+    SN: gl.constexpr,
+    GROUP: gl.constexpr,
+    EWARPS: gl.constexpr,
+):
+    """FUSE=True: dh tile (shared) + e, g (global) -> de, dg (global), in [SM_, SN] subtiles."""
+    VEC: gl.constexpr = 8  # 16-byte bf16 vectors
+    TPW_N: gl.constexpr = SN // VEC
+    blk: gl.constexpr = gl.BlockedLayout([1, VEC], [32 // TPW_N, TPW_N], [EWARPS, 1], [1, 0])
+    rows = gl.arange(0, SM_, layout=gl.SliceLayout(1, blk))
+    cols = gl.arange(0, SN, layout=gl.SliceLayout(0, blk))
+    offs = gl.expand_dims(rows, 1) * N + gl.expand_dims(cols, 0)  # int32: host asserts M*N < 2^31
+    NSUB_N: gl.constexpr = BN // SN
+    NSUB: gl.constexpr = (BM // SM_) * NSUB_N
+
+    num_tiles = num_pid_m * num_pid_n
+    pid = gl.program_id(0)
+    nprog = gl.num_programs(0)
+    # e/g of a tile's first subtile do not depend on dh: they are loaded during the previous
+    # subtile (the previous tile's last one), before c_ready is waited on.
+    base = _tile_base(pid, num_pid_m, num_pid_n, N, BM, BN, GROUP)
+    e_cur = gl.load(e_ptr + base + offs, eviction_policy="evict_first")
+    g_cur = gl.load(g_ptr + base + offs, eviction_policy="evict_first")
+    t = 0
+    for tile_id in range(pid, num_tiles, nprog):
+        base = _tile_base(tile_id, num_pid_m, num_pid_n, N, BM, BN, GROUP)
+        # The next tile of this CTA (past the end: this one again, a harmless extra load).
+        nxt_tile = gl.minimum(tile_id + nprog, num_tiles - 1)
+        nxt_base = _tile_base(nxt_tile, num_pid_m, num_pid_n, N, BM, BN, GROUP)
+        mbarrier.wait(c_ready, t & 1)
+        for j in gl.static_range(NSUB):
+            # (Subtile origins stay inline: a plain assignment would turn them into runtime
+            # tensors, and an annotated constexpr cannot be reassigned across static_range.)
+            # Prefetch the next subtile's e/g (wrapping to the next tile's first subtile).
+            nb = base + _is_last(j, NSUB) * (nxt_base - base)
+            pn = nb + _sub_row(j + 1, NSUB, NSUB_N, SM_) * N + _sub_col(j + 1, NSUB, NSUB_N, SN)
+            e_nxt = gl.load(e_ptr + pn + offs, eviction_policy="evict_first")
+            g_nxt = gl.load(g_ptr + pn + offs, eviction_policy="evict_first")
+            dh_view = c_smem.slice(_sub_row(j, NSUB, NSUB_N, SM_), SM_, dim=0)
+            dh_view = dh_view.slice(_sub_col(j, NSUB, NSUB_N, SN), SN, dim=1)
+            dh = dh_view.load(blk).to(gl.float32)
+            if j + 1 == NSUB:
+                gl.thread_barrier()  # all epilogue warps have read the whole tile
+                mbarrier.arrive(c_empty, count=1)
+            ef = e_cur.to(gl.float32)
+            gf = g_cur.to(gl.float32)
+            s = 1.0 / (1.0 + gl.exp(-ef))
+            dhs = dh * s
+            de = dhs * gf * (1.0 + ef * (1.0 - s))
+            dg = dhs * ef
+            o = base + _sub_row(j, NSUB, NSUB_N, SM_) * N + _sub_col(j, NSUB, NSUB_N, SN)
+            gl.store(de_ptr + o + offs, de.to(de_ptr.dtype.element_ty))
+            gl.store(dg_ptr + o + offs, dg.to(dg_ptr.dtype.element_ty))
+            e_cur = e_nxt
+            g_cur = g_nxt
+        t += 1  # noqa: SIM113 (Gluon loops have no enumerate)
+
+
+@gluon.jit
+def ws_dh_actgrad_kernel(
+    a_desc,
+    b_desc,
+    c_desc,
+    e_ptr,
+    g_ptr,
+    de_ptr,
+    dg_ptr,
+    M,
+    N,
+    K,
+    FUSE: gl.constexpr,
+    NSTAGE: gl.constexpr,
+    GROUP: gl.constexpr,
+    SM_: gl.constexpr,
+    SN: gl.constexpr,
+    EWARPS: gl.constexpr,
+    LOAD_NREG: gl.constexpr,
+    EPI_NREG: gl.constexpr,
+):
+    BM: gl.constexpr = c_desc.block_type.shape[0]
+    BN: gl.constexpr = c_desc.block_type.shape[1]
+    BK: gl.constexpr = a_desc.block_type.shape[1]
+    dtype: gl.constexpr = a_desc.dtype
+    WARPS: gl.constexpr = gl.num_warps()
+
+    a_bufs = gl.allocate_shared_memory(dtype, [NSTAGE, BM, BK], a_desc.layout)
+    b_bufs = gl.allocate_shared_memory(dtype, [NSTAGE, BK, BN], b_desc.layout)
+    c_smem = gl.allocate_shared_memory(dtype, [BM, BN], c_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [NSTAGE, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [NSTAGE, 1], mbarrier.MBarrierLayout())
+    c_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    c_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(NSTAGE):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=1)
+    mbarrier.init(c_ready, count=1)
+    mbarrier.init(c_empty, count=1)
+
+    num_pid_m = gl.cdiv(M, BM)
+    num_pid_n = gl.cdiv(N, BN)
+    k_tiles = gl.cdiv(K, BK)
+
+    # (The JIT cannot hold functions in tuples, so each branch spells out its partition list.)
+    if FUSE:
+        gl.warp_specialize(
+            [
+                (
+                    _mma_partition,
+                    (a_bufs, b_bufs, ready, empty, c_smem, c_ready, c_empty,
+                     num_pid_m, num_pid_n, k_tiles, BM, BN, NSTAGE, WARPS),
+                ),
+                (
+                    _load_partition,
+                    (a_desc, b_desc, a_bufs, b_bufs, ready, empty,
+                     num_pid_m, num_pid_n, k_tiles, BM, BN, BK, NSTAGE, GROUP),
+                ),
+                (
+                    _epilogue_actgrad_partition,
+                    (e_ptr, g_ptr, de_ptr, dg_ptr, c_smem, c_ready, c_empty,
+                     num_pid_m, num_pid_n, N, BM, BN, SM_, SN, GROUP, EWARPS),
+                ),
+            ],
+            [1, EWARPS],
+            [LOAD_NREG, EPI_NREG],
+        )  # fmt: skip
+    else:
+        gl.warp_specialize(
+            [
+                (
+                    _mma_partition,
+                    (a_bufs, b_bufs, ready, empty, c_smem, c_ready, c_empty,
+                     num_pid_m, num_pid_n, k_tiles, BM, BN, NSTAGE, WARPS),
+                ),
+                (
+                    _load_partition,
+                    (a_desc, b_desc, a_bufs, b_bufs, ready, empty,
+                     num_pid_m, num_pid_n, k_tiles, BM, BN, BK, NSTAGE, GROUP),
+                ),
+                (
+                    _epilogue_store_partition,
+                    (c_desc, c_smem, c_ready, c_empty, num_pid_m, num_pid_n, BM, BN, GROUP),
+                ),
+            ],
+            [1, EWARPS],
+            [LOAD_NREG, EPI_NREG],
+        )  # fmt: skip
+
+    for i in gl.static_range(NSTAGE):
+        mbarrier.invalidate(ready.index(i))
+        mbarrier.invalidate(empty.index(i))
+    mbarrier.invalidate(c_ready)
+    mbarrier.invalidate(c_empty)
+
+
+# ----------------------------------------------------------------------------------------------
+# host side
+# ----------------------------------------------------------------------------------------------
+
+
+def _descs(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor):
+    a_l = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_K], gl.bfloat16)
+    b_l = gl.NVMMASharedLayout.get_default_for([BLOCK_K, BLOCK_N], gl.bfloat16)
+    c_l = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_N], gl.bfloat16)
+    return (
+        TensorDescriptor.from_tensor(a, [BLOCK_M, BLOCK_K], a_l),
+        TensorDescriptor.from_tensor(b, [BLOCK_K, BLOCK_N], b_l),
+        TensorDescriptor.from_tensor(c, [BLOCK_M, BLOCK_N], c_l),
+    )
+
+
+def _check_shapes(M: int, N: int, K: int, sub_m: int, sub_n: int) -> None:
+    # The fused epilogue has no masks and int32 offsets.
+    assert M % BLOCK_M == 0 and N % BLOCK_N == 0 and K % BLOCK_K == 0, (M, N, K)
+    assert M * N < 2**31, "int32 offsets in the epilogue"
+    assert BLOCK_M % sub_m == 0 and BLOCK_N % sub_n == 0, (sub_m, sub_n)
+    assert sub_n % 8 == 0 and 32 % (sub_n // 8) == 0, sub_n
+    assert sub_m % ((32 // (sub_n // 8)) * EPI_WARPS) == 0, (sub_m, sub_n)
+
+
+def _args(a, b, c, e, g, de, dg, fuse: bool, sub_m: int, sub_n: int) -> tuple:
+    M, K = a.shape
+    N = b.shape[1]
+    return (
+        *_descs(a, b, c),
+        e,
+        g,
+        de,
+        dg,
+        M,
+        N,
+        K,
+        fuse,
+        STAGES,
+        GROUP_M,
+        sub_m,
+        sub_n,
+        EPI_WARPS,
+        LOAD_REGS,
+        EPI_REGS,
+    )
+
+
+def _grid(M: int, N: int, num_sms: int) -> tuple[int]:
+    return (min(num_sms, triton.cdiv(M, BLOCK_M) * triton.cdiv(N, BLOCK_N)),)
+
+
+_NUM_SMS: int | None = None
+
+
+def _launch(a, b, c, e, g, de, dg, fuse, sub_m, sub_n) -> None:
+    global _NUM_SMS
+    if _NUM_SMS is None:
+        _NUM_SMS = torch.cuda.get_device_properties(a.device).multi_processor_count
+    M, N = a.shape[0], b.shape[1]
+    ws_dh_actgrad_kernel[_grid(M, N, _NUM_SMS)](
+        *_args(a, b, c, e, g, de, dg, fuse, sub_m, sub_n), num_warps=NUM_WARPS
+    )
+
+
+def _check_inputs(dy: torch.Tensor, w: torch.Tensor, *rest: torch.Tensor) -> None:
+    for t in (dy, w, *rest):
+        assert t.dtype == torch.bfloat16 and t.is_contiguous() and t.is_cuda
+    assert dy.shape[1] == w.shape[0]
+    for t in rest:
+        assert t.shape == (dy.shape[0], w.shape[1])
+
+
+def dh_only(dy: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """FUSE=False: dh = dy [M, K] @ w [K, N] (w row-major, as W_d is stored)."""
+    _check_inputs(dy, w)
+    M, K = dy.shape
+    N = w.shape[1]
+    _check_shapes(M, N, K, SUB_M, SUB_N)
+    dh = torch.empty(M, N, device=dy.device, dtype=dy.dtype)
+    # e/g/de/dg are unused here: pass dh for the pointers.
+    _launch(dy, w, dh, dh, dh, dh, dh, False, SUB_M, SUB_N)
+    return dh
+
+
+def dh_actgrad(
+    dy: torch.Tensor,
+    w: torch.Tensor,
+    e: torch.Tensor,
+    g: torch.Tensor,
+    sub_m: int = SUB_M,
+    sub_n: int = SUB_N,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FUSE=True: (de, dg) from dh = dy @ w without writing dh."""
+    _check_inputs(dy, w, e, g)
+    M, K = dy.shape
+    N = w.shape[1]
+    _check_shapes(M, N, K, sub_m, sub_n)
+    de, dg = torch.empty_like(e), torch.empty_like(g)
+    # c_desc only fixes the C buffer's shape/layout; FUSE=True never stores through it.
+    _launch(dy, w, de, e, g, de, dg, True, sub_m, sub_n)
+    return de, dg
+
+
+# --- --compile -----------------------------------------------------------------------------------
+
+
+def compile_only(
+    fuse: bool, sub_m: int = SUB_M, sub_n: int = SUB_N, M: int = 8192, N: int = 14336, K: int = 4096
+) -> Any:
+    from triton.runtime import driver
+
+    previous = driver._active
+    driver.set_active(_sm90_driver())
+    try:
+        a = torch.empty(256, 128, dtype=torch.bfloat16)
+        b = torch.empty(128, 512, dtype=torch.bfloat16)
+        c = torch.empty(256, 512, dtype=torch.bfloat16)
+        _check_shapes(M, N, K, sub_m, sub_n)
+        args = list(_args(a, b, c, c, c, c, c, fuse, sub_m, sub_n))
+        args[7:10] = [M, N, K]
+        k = ws_dh_actgrad_kernel.warmup(*args, grid=_grid(M, N, 132), num_warps=NUM_WARPS)
+    finally:
+        driver.set_active(previous)
+    md = k.metadata
+    print(
+        f"[compile FUSE={fuse}] name={k.name} num_warps={md.num_warps} "
+        f"shared={md.shared} B ({md.shared / 1024:.1f} KB; limit 227 KB)"
+    )
+    ptx = k.asm.get("ptx", "")
+    maxnreg = re.findall(r"setmaxnreg\.(inc|dec)\.sync\.aligned\.u32\s+(\d+)", ptx)
+    print(f"[compile FUSE={fuse}] setmaxnreg in PTX: {maxnreg}")
+    print(
+        f"[compile FUSE={fuse}] PTX: wgmma.mma_async={ptx.count('wgmma.mma_async')} "
+        f"cp.async.bulk.tensor={ptx.count('cp.async.bulk.tensor')} "
+        f"ld.global={ptx.count('ld.global')} st.global={ptx.count('st.global')} "
+        f"ld.shared={ptx.count('ld.shared')} bar.sync={ptx.count('bar.sync')} "
+        f"local={ptx.count('.local')}"
+    )
+    _ptxas_info(ptx, md)
+    return k
+
+
+# --- --bench -------------------------------------------------------------------------------------
+
+
+def _rel(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((x.double() - ref).abs().max() / ref.abs().max()).item()
+
+
+def bench(sub_m: int, sub_n: int) -> None:
+    from triton.testing import do_bench
+
+    from lk_triton._gated import gated_backward
+    from lk_triton._swiglu import swiglu_backward
+
+    torch.manual_seed(0)
+    M, D, I = 8192, 4096, 14336
+    dev = torch.cuda.get_device_name()
+    print(f"device: {dev}, torch {torch.__version__}, triton {triton.__version__}")
+    print(
+        f"M={M} D={D} I={I}; tile {BLOCK_M}x{BLOCK_N}x{BLOCK_K}, {STAGES} stages, "
+        f"GROUP_M={GROUP_M}, "
+        f"{NUM_WARPS}+1+{EPI_WARPS} warps, regs load/epi={LOAD_REGS}/{EPI_REGS}, "
+        f"subtile {sub_m}x{sub_n}"
+    )
+    dy = torch.randn(M, D, device="cuda", dtype=torch.bfloat16)
+    w = (torch.randn(D, I, device="cuda") * 0.02).to(torch.bfloat16)
+    e = torch.randn(M, I, device="cuda", dtype=torch.bfloat16)
+    g = torch.randn(M, I, device="cuda", dtype=torch.bfloat16)
+
+    def pair():
+        dh = torch.matmul(dy, w)
+        _, de, dg = gated_backward(dh, e, g, "silu", inplace=False, store_h=False)
+        return de, dg
+
+    def pair_public():  # lk_triton.swiglu_backward: also writes h
+        dh = torch.matmul(dy, w)
+        _, de, dg = swiglu_backward(dh, e, g, inplace=False)
+        return de, dg
+
+    # --- correctness vs float64
+    dh64 = dy.double() @ w.double()
+    e64, g64 = e.double(), g.double()
+    s64 = torch.sigmoid(e64)
+    de_ref = dh64 * g64 * s64 * (1 + e64 * (1 - s64))
+    dg_ref = dh64 * e64 * s64
+    del s64, e64, g64
+    dh_gemm = dh_only(dy, w)
+    torch.cuda.synchronize()
+    rel_dh_ours = _rel(dh_gemm, dh64)
+    rel_dh_cub = _rel(torch.matmul(dy, w), dh64)
+    del dh_gemm, dh64
+    de_f, dg_f = dh_actgrad(dy, w, e, g, sub_m, sub_n)
+    torch.cuda.synchronize()
+    r_fused = (_rel(de_f, de_ref), _rel(dg_f, dg_ref))
+    del de_f, dg_f
+    de_p, dg_p = pair()
+    r_pair = (_rel(de_p, de_ref), _rel(dg_p, dg_ref))
+    del de_p, dg_p, de_ref, dg_ref
+    torch.cuda.empty_cache()
+    print(f"dh (FUSE=False) max abs err / max |ref|: ours {rel_dh_ours:.3e}")
+    print(f"dh (cuBLAS)     max abs err / max |ref|: {rel_dh_cub:.3e}")
+    print(f"fused       de {r_fused[0]:.3e}  dg {r_fused[1]:.3e}")
+    print(f"cuBLAS+lk   de {r_pair[0]:.3e}  dg {r_pair[1]:.3e}")
+    ok = all(f <= 2.0 * p for f, p in zip(r_fused, r_pair, strict=True))
+    ok = ok and rel_dh_ours <= 2.0 * rel_dh_cub
+    print("correctness:", "PASS" if ok else "FAIL (fused error more than 2x the pair's)")
+
+    # --- timing
+    cases = {
+        "cuBLAS dh alone": lambda: torch.matmul(dy, w),
+        "pair: cuBLAS dh + lk gated_backward(store_h=False)": pair,
+        "pair: cuBLAS dh + lk swiglu_backward (writes h)": pair_public,
+        "ours FUSE=False (dh only)": lambda: dh_only(dy, w),
+        "ours FUSE=True (de, dg)": lambda: dh_actgrad(dy, w, e, g, sub_m, sub_n),
+    }
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(3):
+        for name, fn in cases.items():
+            times[name].append(do_bench(fn, return_mode="median"))
+    med = {k: sorted(v)[1] for k, v in times.items()}
+    base = med["cuBLAS dh alone"]
+    print(f"{'case':<52} {'ms':>7} {'x cuBLAS dh':>11}   rounds")
+    for name, v in times.items():
+        print(f"{name:<52} {med[name]:7.3f} {med[name] / base:11.3f}   {[round(x, 3) for x in v]}")
+    pair_ms = med["pair: cuBLAS dh + lk gated_backward(store_h=False)"]
+    fused_ms = med["ours FUSE=True (de, dg)"]
+    own = med["ours FUSE=False (dh only)"]
+    print(
+        f"fused vs pair (store_h=False): {(pair_ms - fused_ms) * 1e3:+.1f} us saved "
+        f"({fused_ms / pair_ms:.3f}x)"
+    )
+    print(f"activation cost in the pair: {(pair_ms - base) * 1e3:.1f} us")
+    print(f"fused over its own FUSE=False: {(fused_ms - own) * 1e3:+.1f} us")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--compile", action="store_true", help="CPU-only compile for sm_90a")
+    g.add_argument("--bench", action="store_true", help="check + time on an sm_90 GPU")
+    p.add_argument("--sub", default=f"{SUB_M}x{SUB_N}", help="fused epilogue subtile, MxN")
+    args = p.parse_args()
+    sub_m, sub_n = (int(x) for x in args.sub.split("x"))
+    if args.compile:
+        for fuse in (False, True):
+            compile_only(fuse, sub_m, sub_n)
+    else:
+        bench(sub_m, sub_n)
+
+
+if __name__ == "__main__":
+    main()
