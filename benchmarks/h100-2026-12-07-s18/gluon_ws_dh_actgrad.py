@@ -34,10 +34,23 @@ tensor); 64x64 spills ~7 KB under the 168 cap.
 
 Shared memory is unchanged from the GEMM: 3 x 48 KB A/B stages + 64 KB C buffer = 208 KB.
 
+Epilogue variants (``--epilogue``; ``dh_actgrad(epi=...)`` defaults to ``"tma"``):
+
+- ``ptr``: the pointer loads/stores above (H100: 2.90 ms, latency-bound on 64 threads).
+- ``tma``: e/g come in by TMA into a ``slots``-deep shared ring of [SUB_M, SUB_N] subtile pairs
+  (one mbarrier per slot, ``expect`` + two loads), ``prefetch`` subtiles ahead, across the tile
+  boundary (the next tile's first subtiles do not wait for ``c_ready``; none past the CTA's last
+  tile). de/dg overwrite the slot's e/g, ``fence_async_shared`` + warp sync, and go out by TMA
+  store; ``store_wait(2 * (slots - prefetch - 1))`` before a slot is refilled. Shared: 3 stages
+  + 2 slots of 32x64 = 224.3 KB; 2 stages + 4 slots = 192.3 KB (VARIANTS lists what --bench runs).
+
 Usage::
 
     python gluon_ws_dh_actgrad.py --compile   # CPU only: sm_90a compile, shared/regs/spills
     python gluon_ws_dh_actgrad.py --bench     # H100/H200: correctness vs fp64, then timing
+    # one configuration only, e.g.:
+    python gluon_ws_dh_actgrad.py --bench --epilogue tma --stages 3 --slots 4 --prefetch 2 \\
+        --sub 16x64
 """
 
 from __future__ import annotations
@@ -286,11 +299,137 @@ def _epilogue_actgrad_partition(
         t += 1  # noqa: SIM113 (Gluon loops have no enumerate)
 
 
+@constexpr_function
+def _wraps(j, pf, nsub):
+    """1 if subtile j + pf lies in the next tile."""
+    j, pf, nsub = (int(getattr(x, "value", x)) for x in (j, pf, nsub))
+    return 1 if j + pf >= nsub else 0
+
+
+@gluon.jit
+def _issue_eg(e_desc, g_desc, e_bufs, g_bufs, eg_bar, it, R: gl.constexpr, row, col, pred):
+    """TMA-load the e and g subtiles at (row, col) into ring slot it % R."""
+    s = it % R
+    mbarrier.expect(eg_bar.index(s), 2 * e_desc.block_type.nbytes, pred=pred)
+    tma.async_copy_global_to_shared(e_desc, [row, col], eg_bar.index(s), e_bufs.index(s), pred=pred)
+    tma.async_copy_global_to_shared(g_desc, [row, col], eg_bar.index(s), g_bufs.index(s), pred=pred)
+
+
+@gluon.jit
+def _epilogue_actgrad_tma_partition(
+    e_desc,
+    g_desc,
+    de_desc,
+    dg_desc,
+    e_bufs,
+    g_bufs,
+    eg_bar,
+    c_smem,
+    c_ready,
+    c_empty,
+    num_pid_m,
+    num_pid_n,
+    BM: gl.constexpr,
+    BN: gl.constexpr,
+    SM_: gl.constexpr,
+    SN: gl.constexpr,
+    GROUP: gl.constexpr,
+    EWARPS: gl.constexpr,
+    R: gl.constexpr,
+    PF: gl.constexpr,
+):
+    """FUSE=True, TMA I/O: e, g -> R-slot shared ring (PF subtiles ahead) -> de, dg in place -> TMA.
+
+    Subtile ``it`` (counted over all of this CTA's tiles) uses slot ``it % R``; de/dg overwrite
+    the e/g they were computed from and are TMA-stored from there. Before slot ``(it + PF) % R``
+    is refilled, the stores of subtile ``it + PF - R`` must have read it: ``store_wait`` leaves
+    the ``2 * (R - PF - 1)`` store groups of the later subtiles pending.
+    """
+    VEC: gl.constexpr = 8
+    TPW_N: gl.constexpr = SN // VEC
+    blk: gl.constexpr = gl.BlockedLayout([1, VEC], [32 // TPW_N, TPW_N], [EWARPS, 1], [1, 0])
+    NSUB_N: gl.constexpr = BN // SN
+    NSUB: gl.constexpr = (BM // SM_) * NSUB_N
+    PENDING: gl.constexpr = 2 * (R - PF - 1)
+
+    num_tiles = num_pid_m * num_pid_n
+    pid = gl.program_id(0)
+    nprog = gl.num_programs(0)
+    # Prologue: the first PF subtiles of the first tile (grid <= num_tiles: it exists).
+    pid_m, pid_n = _tile_mn(pid, num_pid_m, num_pid_n, GROUP)
+    for q in gl.static_range(PF):
+        _issue_eg(
+            e_desc, g_desc, e_bufs, g_bufs, eg_bar, q, R,
+            pid_m * BM + _sub_row(q, NSUB, NSUB_N, SM_),
+            pid_n * BN + _sub_col(q, NSUB, NSUB_N, SN),
+            True,
+        )  # fmt: skip
+    it = 0
+    t = 0
+    for tile_id in range(pid, num_tiles, nprog):
+        pid_m, pid_n = _tile_mn(tile_id, num_pid_m, num_pid_n, GROUP)
+        nxt = tile_id + nprog
+        has_next = nxt < num_tiles  # past the last tile: no prefetch (nothing may stay in flight)
+        nxt_m, nxt_n = _tile_mn(gl.minimum(nxt, num_tiles - 1), num_pid_m, num_pid_n, GROUP)
+        for j in gl.static_range(NSUB):
+            # Refill slot (it + PF) % R with subtile j + PF (of this tile or the next one).
+            tma.store_wait(PENDING)
+            gl.thread_barrier()  # the store-issuing thread's wait, before any thread reuses it
+            if _wraps(j, PF, NSUB):
+                _issue_eg(
+                    e_desc, g_desc, e_bufs, g_bufs, eg_bar, it + PF, R,
+                    nxt_m * BM + _sub_row(j + PF, NSUB, NSUB_N, SM_),
+                    nxt_n * BN + _sub_col(j + PF, NSUB, NSUB_N, SN),
+                    has_next,
+                )  # fmt: skip
+            else:
+                _issue_eg(
+                    e_desc, g_desc, e_bufs, g_bufs, eg_bar, it + PF, R,
+                    pid_m * BM + _sub_row(j + PF, NSUB, NSUB_N, SM_),
+                    pid_n * BN + _sub_col(j + PF, NSUB, NSUB_N, SN),
+                    True,
+                )  # fmt: skip
+            if j == 0:
+                mbarrier.wait(c_ready, t & 1)  # after issuing the prefetch: it does not need dh
+            s = it % R
+            mbarrier.wait(eg_bar.index(s), (it // R) & 1)
+            e_slot = e_bufs.index(s)
+            g_slot = g_bufs.index(s)
+            ef = e_slot.load(blk).to(gl.float32)
+            gf = g_slot.load(blk).to(gl.float32)
+            dh_view = c_smem.slice(_sub_row(j, NSUB, NSUB_N, SM_), SM_, dim=0)
+            dh_view = dh_view.slice(_sub_col(j, NSUB, NSUB_N, SN), SN, dim=1)
+            dh = dh_view.load(blk).to(gl.float32)
+            if j + 1 == NSUB:
+                gl.thread_barrier()  # all epilogue warps have read the whole tile
+                mbarrier.arrive(c_empty, count=1)
+            sg = 1.0 / (1.0 + gl.exp(-ef))
+            dhs = dh * sg
+            de = dhs * gf * (1.0 + ef * (1.0 - sg))
+            dg = dhs * ef
+            # Same layout as the loads: each thread overwrites only the elements it has read.
+            e_slot.store(de.to(de_desc.dtype))
+            g_slot.store(dg.to(dg_desc.dtype))
+            fence_async_shared()
+            gl.thread_barrier()  # all warps' de/dg in shared before the TMA store is issued
+            r0 = pid_m * BM + _sub_row(j, NSUB, NSUB_N, SM_)
+            c0 = pid_n * BN + _sub_col(j, NSUB, NSUB_N, SN)
+            tma.async_copy_shared_to_global(de_desc, [r0, c0], e_slot)
+            tma.async_copy_shared_to_global(dg_desc, [r0, c0], g_slot)
+            it += 1
+        t += 1  # noqa: SIM113 (Gluon loops have no enumerate)
+    tma.store_wait(0)
+
+
 @gluon.jit
 def ws_dh_actgrad_kernel(
     a_desc,
     b_desc,
     c_desc,
+    e_desc,
+    g_desc,
+    de_desc,
+    dg_desc,
     e_ptr,
     g_ptr,
     de_ptr,
@@ -306,6 +445,9 @@ def ws_dh_actgrad_kernel(
     EWARPS: gl.constexpr,
     LOAD_NREG: gl.constexpr,
     EPI_NREG: gl.constexpr,
+    EPI_TMA: gl.constexpr,
+    SLOTS: gl.constexpr,
+    PF: gl.constexpr,
 ):
     BM: gl.constexpr = c_desc.block_type.shape[0]
     BN: gl.constexpr = c_desc.block_type.shape[1]
@@ -331,7 +473,37 @@ def ws_dh_actgrad_kernel(
     k_tiles = gl.cdiv(K, BK)
 
     # (The JIT cannot hold functions in tuples, so each branch spells out its partition list.)
-    if FUSE:
+    if FUSE and EPI_TMA:
+        # e/g ring of the TMA epilogue; de/dg are staged in the slot they were computed from.
+        e_bufs = gl.allocate_shared_memory(e_desc.dtype, [SLOTS, SM_, SN], e_desc.layout)
+        g_bufs = gl.allocate_shared_memory(g_desc.dtype, [SLOTS, SM_, SN], g_desc.layout)
+        eg_bar = gl.allocate_shared_memory(gl.int64, [SLOTS, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(SLOTS):
+            mbarrier.init(eg_bar.index(i), count=1)
+        gl.warp_specialize(
+            [
+                (
+                    _mma_partition,
+                    (a_bufs, b_bufs, ready, empty, c_smem, c_ready, c_empty,
+                     num_pid_m, num_pid_n, k_tiles, BM, BN, NSTAGE, WARPS),
+                ),
+                (
+                    _load_partition,
+                    (a_desc, b_desc, a_bufs, b_bufs, ready, empty,
+                     num_pid_m, num_pid_n, k_tiles, BM, BN, BK, NSTAGE, GROUP),
+                ),
+                (
+                    _epilogue_actgrad_tma_partition,
+                    (e_desc, g_desc, de_desc, dg_desc, e_bufs, g_bufs, eg_bar, c_smem, c_ready,
+                     c_empty, num_pid_m, num_pid_n, BM, BN, SM_, SN, GROUP, EWARPS, SLOTS, PF),
+                ),
+            ],
+            [1, EWARPS],
+            [LOAD_NREG, EPI_NREG],
+        )  # fmt: skip
+        for i in gl.static_range(SLOTS):
+            mbarrier.invalidate(eg_bar.index(i))
+    elif FUSE:
         gl.warp_specialize(
             [
                 (
@@ -398,6 +570,12 @@ def _descs(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor):
     )
 
 
+def _io_descs(sub_m: int, sub_n: int, *ts: torch.Tensor) -> list:
+    """[sub_m, sub_n] TMA descriptors of e, g, de, dg (one shared layout: de/dg reuse e/g slots)."""
+    lay = gl.NVMMASharedLayout.get_default_for([sub_m, sub_n], gl.bfloat16)
+    return [TensorDescriptor.from_tensor(t, [sub_m, sub_n], lay) for t in ts]
+
+
 def _check_shapes(M: int, N: int, K: int, sub_m: int, sub_n: int) -> None:
     # The fused epilogue has no masks and int32 offsets.
     assert M % BLOCK_M == 0 and N % BLOCK_N == 0 and K % BLOCK_K == 0, (M, N, K)
@@ -407,11 +585,43 @@ def _check_shapes(M: int, N: int, K: int, sub_m: int, sub_n: int) -> None:
     assert sub_m % ((32 // (sub_n // 8)) * EPI_WARPS) == 0, (sub_m, sub_n)
 
 
-def _args(a, b, c, e, g, de, dg, fuse: bool, sub_m: int, sub_n: int) -> tuple:
+def _check_tma(sub_m: int, sub_n: int, slots: int, pf: int) -> None:
+    nsub = (BLOCK_M // sub_m) * (BLOCK_N // sub_n)
+    assert 1 <= pf < slots, (slots, pf)  # slot it + PF must not be the one being computed
+    assert pf < nsub, (pf, nsub)  # prefetch reaches at most into the next tile
+
+
+def _args(
+    a,
+    b,
+    c,
+    e,
+    g,
+    de,
+    dg,
+    fuse: bool,
+    sub_m: int,
+    sub_n: int,
+    stages: int = STAGES,
+    epi: str = "ptr",
+    slots: int = 2,
+    pf: int = 1,
+    mnk: tuple[int, int, int] | None = None,
+) -> tuple:
     M, K = a.shape
     N = b.shape[1]
+    if mnk is not None:
+        M, N, K = mnk
+    tma_io = fuse and epi == "tma"
+    if tma_io:
+        _check_tma(sub_m, sub_n, slots, pf)
+        io = _io_descs(sub_m, sub_n, e, g, de, dg)
+    else:
+        io = [None] * 4  # constexpr None: unused by the ptr / FUSE=False kernels
+        slots, pf = 1, 0
     return (
         *_descs(a, b, c),
+        *io,
         e,
         g,
         de,
@@ -420,13 +630,16 @@ def _args(a, b, c, e, g, de, dg, fuse: bool, sub_m: int, sub_n: int) -> tuple:
         N,
         K,
         fuse,
-        STAGES,
+        stages,
         GROUP_M,
         sub_m,
         sub_n,
         EPI_WARPS,
         LOAD_REGS,
         EPI_REGS,
+        tma_io,
+        slots,
+        pf,
     )
 
 
@@ -437,13 +650,13 @@ def _grid(M: int, N: int, num_sms: int) -> tuple[int]:
 _NUM_SMS: int | None = None
 
 
-def _launch(a, b, c, e, g, de, dg, fuse, sub_m, sub_n) -> None:
+def _launch(a, b, c, e, g, de, dg, fuse, sub_m, sub_n, **cfg) -> None:
     global _NUM_SMS
     if _NUM_SMS is None:
         _NUM_SMS = torch.cuda.get_device_properties(a.device).multi_processor_count
     M, N = a.shape[0], b.shape[1]
     ws_dh_actgrad_kernel[_grid(M, N, _NUM_SMS)](
-        *_args(a, b, c, e, g, de, dg, fuse, sub_m, sub_n), num_warps=NUM_WARPS
+        *_args(a, b, c, e, g, de, dg, fuse, sub_m, sub_n, **cfg), num_warps=NUM_WARPS
     )
 
 
@@ -474,26 +687,54 @@ def dh_actgrad(
     g: torch.Tensor,
     sub_m: int = SUB_M,
     sub_n: int = SUB_N,
+    epi: str = "tma",
+    stages: int = STAGES,
+    slots: int = 2,
+    pf: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """FUSE=True: (de, dg) from dh = dy @ w without writing dh."""
+    """FUSE=True: (de, dg) from dh = dy @ w without writing dh.
+
+    ``epi="ptr"``: e/g/de/dg through pointer loads/stores; ``"tma"``: through TMA and a
+    ``slots``-deep shared ring, ``pf`` subtiles of prefetch.
+    """
     _check_inputs(dy, w, e, g)
     M, K = dy.shape
     N = w.shape[1]
     _check_shapes(M, N, K, sub_m, sub_n)
     de, dg = torch.empty_like(e), torch.empty_like(g)
     # c_desc only fixes the C buffer's shape/layout; FUSE=True never stores through it.
-    _launch(dy, w, de, e, g, de, dg, True, sub_m, sub_n)
+    _launch(dy, w, de, e, g, de, dg, True, sub_m, sub_n, stages=stages, epi=epi, slots=slots, pf=pf)
     return de, dg
+
+
+# Fused variants: (tag, epilogue, mainloop stages, ring slots, prefetch distance). The TMA ring
+# costs slots * 2 * sub_m * sub_n * 2 B: 3 stages leave room for 2 slots of 32x64 (208 KB + 16 KB),
+# 2 stages for more (160 KB + 32 KB with 4 slots).
+VARIANTS = [
+    ("ptr s3", "ptr", 3, 1, 0),
+    ("tma s3 r2 pf1", "tma", 3, 2, 1),
+    ("tma s2 r4 pf2", "tma", 2, 4, 2),
+]
 
 
 # --- --compile -----------------------------------------------------------------------------------
 
 
 def compile_only(
-    fuse: bool, sub_m: int = SUB_M, sub_n: int = SUB_N, M: int = 8192, N: int = 14336, K: int = 4096
+    fuse: bool,
+    sub_m: int = SUB_M,
+    sub_n: int = SUB_N,
+    epi: str = "ptr",
+    stages: int = STAGES,
+    slots: int = 2,
+    pf: int = 1,
+    M: int = 8192,
+    N: int = 14336,
+    K: int = 4096,
 ) -> Any:
     from triton.runtime import driver
 
+    tag = f"FUSE={fuse}" + (f" {epi} stages={stages} slots={slots} pf={pf}" if fuse else "")
     previous = driver._active
     driver.set_active(_sm90_driver())
     try:
@@ -501,25 +742,26 @@ def compile_only(
         b = torch.empty(128, 512, dtype=torch.bfloat16)
         c = torch.empty(256, 512, dtype=torch.bfloat16)
         _check_shapes(M, N, K, sub_m, sub_n)
-        args = list(_args(a, b, c, c, c, c, c, fuse, sub_m, sub_n))
-        args[7:10] = [M, N, K]
+        args = _args(a, b, c, c, c, c, c, fuse, sub_m, sub_n, stages, epi, slots, pf, mnk=(M, N, K))
         k = ws_dh_actgrad_kernel.warmup(*args, grid=_grid(M, N, 132), num_warps=NUM_WARPS)
     finally:
         driver.set_active(previous)
     md = k.metadata
     print(
-        f"[compile FUSE={fuse}] name={k.name} num_warps={md.num_warps} "
-        f"shared={md.shared} B ({md.shared / 1024:.1f} KB; limit 227 KB)"
+        f"[compile {tag}] name={k.name} num_warps={md.num_warps} "
+        f"shared={md.shared} B ({md.shared / 1024:.1f} KB; limit 232448 B = 227 KB)"
+        + ("" if md.shared <= 232448 else "  OVER THE LIMIT")
     )
     ptx = k.asm.get("ptx", "")
     maxnreg = re.findall(r"setmaxnreg\.(inc|dec)\.sync\.aligned\.u32\s+(\d+)", ptx)
-    print(f"[compile FUSE={fuse}] setmaxnreg in PTX: {maxnreg}")
+    print(f"[compile {tag}] setmaxnreg in PTX: {maxnreg}")
     print(
-        f"[compile FUSE={fuse}] PTX: wgmma.mma_async={ptx.count('wgmma.mma_async')} "
+        f"[compile {tag}] PTX: wgmma.mma_async={ptx.count('wgmma.mma_async')} "
         f"cp.async.bulk.tensor={ptx.count('cp.async.bulk.tensor')} "
+        f"wait_group.read={ptx.count('cp.async.bulk.wait_group.read')} "
         f"ld.global={ptx.count('ld.global')} st.global={ptx.count('st.global')} "
-        f"ld.shared={ptx.count('ld.shared')} bar.sync={ptx.count('bar.sync')} "
-        f"local={ptx.count('.local')}"
+        f"ld.shared={ptx.count('ld.shared')} st.shared={ptx.count('st.shared')} "
+        f"bar.sync={ptx.count('bar.sync')} local={ptx.count('.local')}"
     )
     _ptxas_info(ptx, md)
     return k
@@ -532,22 +774,58 @@ def _rel(x: torch.Tensor, ref: torch.Tensor) -> float:
     return ((x.double() - ref).abs().max() / ref.abs().max()).item()
 
 
-def bench(sub_m: int, sub_n: int) -> None:
+def _p(*a: Any) -> None:
+    print(*a, flush=True)
+
+
+def _finish_or_die(what: str, timeout_s: float = 30.0) -> None:
+    """Synchronize, but give up (and exit: the context is unusable) on a hung kernel."""
+    import time
+
+    ev = torch.cuda.Event()
+    ev.record()
+    t0 = time.time()
+    while not ev.query():
+        if time.time() - t0 > timeout_s:
+            _p(f"HANG: {what} did not finish in {timeout_s:.0f} s; exiting")
+            os._exit(3)
+        time.sleep(0.005)
+
+
+def _rounds(cases: dict, times: dict, n: int = 3) -> None:
     from triton.testing import do_bench
 
+    for r in range(n):
+        for name, fn in cases.items():
+            ms = do_bench(fn, return_mode="median")
+            _finish_or_die(name)
+            times.setdefault(name, []).append(ms)
+            _p(f"  round {r}: {name:<52} {ms:7.3f} ms")
+
+
+def _table(times: dict, base_name: str) -> dict:
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    base = med[base_name]
+    _p(f"{'case':<52} {'ms':>7} {'x cuBLAS dh':>11}   rounds")
+    for name, v in times.items():
+        _p(f"{name:<52} {med[name]:7.3f} {med[name] / base:11.3f}   {[round(x, 3) for x in v]}")
+    return med
+
+
+def bench(sub_m: int, sub_n: int, variants: list) -> None:
     from lk_triton._gated import gated_backward
     from lk_triton._swiglu import swiglu_backward
 
     torch.manual_seed(0)
     M, D, I = 8192, 4096, 14336
     dev = torch.cuda.get_device_name()
-    print(f"device: {dev}, torch {torch.__version__}, triton {triton.__version__}")
-    print(
-        f"M={M} D={D} I={I}; tile {BLOCK_M}x{BLOCK_N}x{BLOCK_K}, {STAGES} stages, "
-        f"GROUP_M={GROUP_M}, "
+    _p(f"device: {dev}, torch {torch.__version__}, triton {triton.__version__}")
+    _p(
+        f"M={M} D={D} I={I}; tile {BLOCK_M}x{BLOCK_N}x{BLOCK_K}, GROUP_M={GROUP_M}, "
         f"{NUM_WARPS}+1+{EPI_WARPS} warps, regs load/epi={LOAD_REGS}/{EPI_REGS}, "
-        f"subtile {sub_m}x{sub_n}"
+        f"subtile {sub_m}x{sub_n}; FUSE=False uses {STAGES} stages"
     )
+    _p("variants (tag, epilogue, stages, slots, prefetch):", variants)
     dy = torch.randn(M, D, device="cuda", dtype=torch.bfloat16)
     w = (torch.randn(D, I, device="cuda") * 0.02).to(torch.bfloat16)
     e = torch.randn(M, I, device="cuda", dtype=torch.bfloat16)
@@ -563,7 +841,11 @@ def bench(sub_m: int, sub_n: int) -> None:
         _, de, dg = swiglu_backward(dh, e, g, inplace=False)
         return de, dg
 
-    # --- correctness vs float64
+    def fused(v):
+        _, epi, stages, slots, pf = v
+        return lambda: dh_actgrad(dy, w, e, g, sub_m, sub_n, epi, stages, slots, pf)
+
+    # --- correctness vs float64 (known-good kernels first)
     dh64 = dy.double() @ w.double()
     e64, g64 = e.double(), g.double()
     s64 = torch.sigmoid(e64)
@@ -571,52 +853,73 @@ def bench(sub_m: int, sub_n: int) -> None:
     dg_ref = dh64 * e64 * s64
     del s64, e64, g64
     dh_gemm = dh_only(dy, w)
-    torch.cuda.synchronize()
+    _finish_or_die("FUSE=False")
     rel_dh_ours = _rel(dh_gemm, dh64)
     rel_dh_cub = _rel(torch.matmul(dy, w), dh64)
     del dh_gemm, dh64
-    de_f, dg_f = dh_actgrad(dy, w, e, g, sub_m, sub_n)
-    torch.cuda.synchronize()
-    r_fused = (_rel(de_f, de_ref), _rel(dg_f, dg_ref))
-    del de_f, dg_f
     de_p, dg_p = pair()
     r_pair = (_rel(de_p, de_ref), _rel(dg_p, dg_ref))
-    del de_p, dg_p, de_ref, dg_ref
+    del de_p, dg_p
     torch.cuda.empty_cache()
-    print(f"dh (FUSE=False) max abs err / max |ref|: ours {rel_dh_ours:.3e}")
-    print(f"dh (cuBLAS)     max abs err / max |ref|: {rel_dh_cub:.3e}")
-    print(f"fused       de {r_fused[0]:.3e}  dg {r_fused[1]:.3e}")
-    print(f"cuBLAS+lk   de {r_pair[0]:.3e}  dg {r_pair[1]:.3e}")
-    ok = all(f <= 2.0 * p for f, p in zip(r_fused, r_pair, strict=True))
-    ok = ok and rel_dh_ours <= 2.0 * rel_dh_cub
-    print("correctness:", "PASS" if ok else "FAIL (fused error more than 2x the pair's)")
+    _p(f"dh (FUSE=False) max abs err / max |ref|: ours {rel_dh_ours:.3e}")
+    _p(f"dh (cuBLAS)     max abs err / max |ref|: {rel_dh_cub:.3e}")
+    _p(f"{'cuBLAS+lk':<16} de {r_pair[0]:.3e}  dg {r_pair[1]:.3e}")
+    _p("dh correctness:", "PASS" if rel_dh_ours <= 2.0 * rel_dh_cub else "FAIL")
 
-    # --- timing
-    cases = {
+    base_cases = {
         "cuBLAS dh alone": lambda: torch.matmul(dy, w),
         "pair: cuBLAS dh + lk gated_backward(store_h=False)": pair,
         "pair: cuBLAS dh + lk swiglu_backward (writes h)": pair_public,
         "ours FUSE=False (dh only)": lambda: dh_only(dy, w),
-        "ours FUSE=True (de, dg)": lambda: dh_actgrad(dy, w, e, g, sub_m, sub_n),
     }
-    times: dict[str, list[float]] = {k: [] for k in cases}
-    for _ in range(3):
-        for name, fn in cases.items():
-            times[name].append(do_bench(fn, return_mode="median"))
-    med = {k: sorted(v)[1] for k, v in times.items()}
-    base = med["cuBLAS dh alone"]
-    print(f"{'case':<52} {'ms':>7} {'x cuBLAS dh':>11}   rounds")
-    for name, v in times.items():
-        print(f"{name:<52} {med[name]:7.3f} {med[name] / base:11.3f}   {[round(x, 3) for x in v]}")
+    good = [v for v in variants if v[1] == "ptr"]
+    new = [v for v in variants if v[1] != "ptr"]
+
+    def check(v) -> None:
+        de_f, dg_f = fused(v)()
+        _finish_or_die(v[0])
+        r = (_rel(de_f, de_ref), _rel(dg_f, dg_ref))
+        ok = all(f <= 2.0 * p for f, p in zip(r, r_pair, strict=True))
+        _p(f"{v[0]:<16} de {r[0]:.3e}  dg {r[1]:.3e}  {'PASS' if ok else 'FAIL (> 2x the pair)'}")
+
+    for v in good:
+        check(v)
+    # Known-good timings first, so a hang in a new variant leaves them on record.
+    _p("--- timing, known-good kernels (3 alternated rounds)")
+    cases = dict(base_cases)
+    cases.update({f"ours FUSE=True {v[0]}": fused(v) for v in good})
+    times: dict[str, list[float]] = {}
+    _rounds(cases, times)
+    _table(times, "cuBLAS dh alone")
+    if not new:
+        return
+    for v in new:
+        check(v)
+    _p("--- timing, all kernels (3 alternated rounds)")
+    cases.update({f"ours FUSE=True {v[0]}": fused(v) for v in new})
+    times = {}
+    _rounds(cases, times)
+    med = _table(times, "cuBLAS dh alone")
     pair_ms = med["pair: cuBLAS dh + lk gated_backward(store_h=False)"]
-    fused_ms = med["ours FUSE=True (de, dg)"]
     own = med["ours FUSE=False (dh only)"]
-    print(
-        f"fused vs pair (store_h=False): {(pair_ms - fused_ms) * 1e3:+.1f} us saved "
-        f"({fused_ms / pair_ms:.3f}x)"
-    )
-    print(f"activation cost in the pair: {(pair_ms - base) * 1e3:.1f} us")
-    print(f"fused over its own FUSE=False: {(fused_ms - own) * 1e3:+.1f} us")
+    _p(f"activation cost in the pair: {(pair_ms - med['cuBLAS dh alone']) * 1e3:.1f} us")
+    for v in variants:
+        ms = med[f"ours FUSE=True {v[0]}"]
+        _p(
+            f"{v[0]:<16} vs pair (store_h=False): {(pair_ms - ms) * 1e3:+8.1f} us saved "
+            f"({ms / pair_ms:.3f}x); over FUSE=False: {(ms - own) * 1e3:+8.1f} us"
+        )
+
+
+def _variants(epilogue: str, stages: int | None, slots: int | None, pf: int | None) -> list:
+    vs = [v for v in VARIANTS if epilogue in ("all", v[1])]
+    if epilogue != "all" and (stages, slots, pf) != (None, None, None):
+        # One explicit configuration instead of the table.
+        st = STAGES if stages is None else stages
+        sl = (1 if epilogue == "ptr" else 2) if slots is None else slots
+        p = (0 if epilogue == "ptr" else 1) if pf is None else pf
+        vs = [(f"{epilogue} s{st} r{sl} pf{p}", epilogue, st, sl, p)]
+    return vs
 
 
 def main() -> None:
@@ -625,13 +928,24 @@ def main() -> None:
     g.add_argument("--compile", action="store_true", help="CPU-only compile for sm_90a")
     g.add_argument("--bench", action="store_true", help="check + time on an sm_90 GPU")
     p.add_argument("--sub", default=f"{SUB_M}x{SUB_N}", help="fused epilogue subtile, MxN")
+    p.add_argument(
+        "--epilogue",
+        choices=("all", "tma", "ptr"),
+        default="all",
+        help="fused variants: all of VARIANTS (default), or only the tma / ptr ones",
+    )
+    p.add_argument("--stages", type=int, help="with --epilogue tma|ptr: one config, these stages")
+    p.add_argument("--slots", type=int, help="with --epilogue tma: e/g ring slots")
+    p.add_argument("--prefetch", type=int, help="with --epilogue tma: prefetch distance")
     args = p.parse_args()
     sub_m, sub_n = (int(x) for x in args.sub.split("x"))
+    variants = _variants(args.epilogue, args.stages, args.slots, args.prefetch)
     if args.compile:
-        for fuse in (False, True):
-            compile_only(fuse, sub_m, sub_n)
+        compile_only(False, sub_m, sub_n)
+        for _, epi, stages, slots, pf in variants:
+            compile_only(True, sub_m, sub_n, epi, stages, slots, pf)
     else:
-        bench(sub_m, sub_n)
+        bench(sub_m, sub_n, variants)
 
 
 if __name__ == "__main__":
