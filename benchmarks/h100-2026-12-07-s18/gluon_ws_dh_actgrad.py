@@ -245,8 +245,14 @@ def _epilogue_actgrad_partition(
     SN: gl.constexpr,
     GROUP: gl.constexpr,
     EWARPS: gl.constexpr,
+    diag,
 ):
-    """FUSE=True: dh tile (shared) + e, g (global) -> de, dg (global), in [SM_, SN] subtiles."""
+    """FUSE=True: dh tile (shared) + e, g (global) -> de, dg (global), in [SM_, SN] subtiles.
+
+    ``diag`` (runtime, 4 + bits, so that the binary is the one timed without it): bit 0 loads
+    every e/g subtile from the tensors' first subtile, bit 1 stores every de/dg subtile there
+    (wrong results): the same instructions, but L2 hits instead of HBM traffic.
+    """
     VEC: gl.constexpr = 8  # 16-byte bf16 vectors
     TPW_N: gl.constexpr = SN // VEC
     blk: gl.constexpr = gl.BlockedLayout([1, VEC], [32 // TPW_N, TPW_N], [EWARPS, 1], [1, 0])
@@ -262,8 +268,10 @@ def _epilogue_actgrad_partition(
     # e/g of a tile's first subtile do not depend on dh: they are loaded during the previous
     # subtile (the previous tile's last one), before c_ready is waited on.
     base = _tile_base(pid, num_pid_m, num_pid_n, N, BM, BN, GROUP)
-    e_cur = gl.load(e_ptr + base + offs, eviction_policy="evict_first")
-    g_cur = gl.load(g_ptr + base + offs, eviction_policy="evict_first")
+    ld_on = 1 - diag % 2  # 0: e/g offsets collapse to the first subtile
+    st_on = 1 - (diag // 2) % 2  # 0: de/dg offsets likewise
+    e_cur = gl.load(e_ptr + ld_on * base + offs, eviction_policy="evict_first")
+    g_cur = gl.load(g_ptr + ld_on * base + offs, eviction_policy="evict_first")
     t = 0
     for tile_id in range(pid, num_tiles, nprog):
         base = _tile_base(tile_id, num_pid_m, num_pid_n, N, BM, BN, GROUP)
@@ -277,8 +285,8 @@ def _epilogue_actgrad_partition(
             # Prefetch the next subtile's e/g (wrapping to the next tile's first subtile).
             nb = base + _is_last(j, NSUB) * (nxt_base - base)
             pn = nb + _sub_row(j + 1, NSUB, NSUB_N, SM_) * N + _sub_col(j + 1, NSUB, NSUB_N, SN)
-            e_nxt = gl.load(e_ptr + pn + offs, eviction_policy="evict_first")
-            g_nxt = gl.load(g_ptr + pn + offs, eviction_policy="evict_first")
+            e_nxt = gl.load(e_ptr + ld_on * pn + offs, eviction_policy="evict_first")
+            g_nxt = gl.load(g_ptr + ld_on * pn + offs, eviction_policy="evict_first")
             dh_view = c_smem.slice(_sub_row(j, NSUB, NSUB_N, SM_), SM_, dim=0)
             dh_view = dh_view.slice(_sub_col(j, NSUB, NSUB_N, SN), SN, dim=1)
             dh = dh_view.load(blk).to(gl.float32)
@@ -292,8 +300,8 @@ def _epilogue_actgrad_partition(
             de = dhs * gf * (1.0 + ef * (1.0 - s))
             dg = dhs * ef
             o = base + _sub_row(j, NSUB, NSUB_N, SM_) * N + _sub_col(j, NSUB, NSUB_N, SN)
-            gl.store(de_ptr + o + offs, de.to(de_ptr.dtype.element_ty))
-            gl.store(dg_ptr + o + offs, dg.to(dg_ptr.dtype.element_ty))
+            gl.store(de_ptr + st_on * o + offs, de.to(de_ptr.dtype.element_ty))
+            gl.store(dg_ptr + st_on * o + offs, dg.to(dg_ptr.dtype.element_ty))
             e_cur = e_nxt
             g_cur = g_nxt
         t += 1  # noqa: SIM113 (Gluon loops have no enumerate)
@@ -448,6 +456,7 @@ def ws_dh_actgrad_kernel(
     EPI_TMA: gl.constexpr,
     SLOTS: gl.constexpr,
     PF: gl.constexpr,
+    diag,
 ):
     BM: gl.constexpr = c_desc.block_type.shape[0]
     BN: gl.constexpr = c_desc.block_type.shape[1]
@@ -519,7 +528,7 @@ def ws_dh_actgrad_kernel(
                 (
                     _epilogue_actgrad_partition,
                     (e_ptr, g_ptr, de_ptr, dg_ptr, c_smem, c_ready, c_empty,
-                     num_pid_m, num_pid_n, N, BM, BN, SM_, SN, GROUP, EWARPS),
+                     num_pid_m, num_pid_n, N, BM, BN, SM_, SN, GROUP, EWARPS, diag),
                 ),
             ],
             [1, EWARPS],
@@ -607,6 +616,7 @@ def _args(
     slots: int = 2,
     pf: int = 1,
     mnk: tuple[int, int, int] | None = None,
+    diag: int = 0,
 ) -> tuple:
     M, K = a.shape
     N = b.shape[1]
@@ -640,6 +650,7 @@ def _args(
         tma_io,
         slots,
         pf,
+        4 + diag,  # never 0 or 1, which Triton would specialize into a constant
     )
 
 
@@ -691,11 +702,13 @@ def dh_actgrad(
     stages: int = STAGES,
     slots: int = 2,
     pf: int = 1,
+    diag: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """FUSE=True: (de, dg) from dh = dy @ w without writing dh.
 
     ``epi="ptr"``: e/g/de/dg through pointer loads/stores; ``"tma"``: through TMA and a
-    ``slots``-deep shared ring, ``pf`` subtiles of prefetch.
+    ``slots``-deep shared ring, ``pf`` subtiles of prefetch. ``diag`` (ptr only): see
+    ``_epilogue_actgrad_partition``; nonzero gives wrong results, for timing the parts.
     """
     _check_inputs(dy, w, e, g)
     M, K = dy.shape
@@ -703,7 +716,8 @@ def dh_actgrad(
     _check_shapes(M, N, K, sub_m, sub_n)
     de, dg = torch.empty_like(e), torch.empty_like(g)
     # c_desc only fixes the C buffer's shape/layout; FUSE=True never stores through it.
-    _launch(dy, w, de, e, g, de, dg, True, sub_m, sub_n, stages=stages, epi=epi, slots=slots, pf=pf)
+    cfg = {"stages": stages, "epi": epi, "slots": slots, "pf": pf, "diag": diag}
+    _launch(dy, w, de, e, g, de, dg, True, sub_m, sub_n, **cfg)
     return de, dg
 
 
@@ -731,10 +745,12 @@ def compile_only(
     M: int = 8192,
     N: int = 14336,
     K: int = 4096,
+    diag: int = 0,
 ) -> Any:
     from triton.runtime import driver
 
     tag = f"FUSE={fuse}" + (f" {epi} stages={stages} slots={slots} pf={pf}" if fuse else "")
+    tag += f" diag={diag}" if diag else ""
     previous = driver._active
     driver.set_active(_sm90_driver())
     try:
@@ -742,7 +758,8 @@ def compile_only(
         b = torch.empty(128, 512, dtype=torch.bfloat16)
         c = torch.empty(256, 512, dtype=torch.bfloat16)
         _check_shapes(M, N, K, sub_m, sub_n)
-        args = _args(a, b, c, c, c, c, c, fuse, sub_m, sub_n, stages, epi, slots, pf, mnk=(M, N, K))
+        mnk = (M, N, K)
+        args = _args(a, b, c, c, c, c, c, fuse, sub_m, sub_n, stages, epi, slots, pf, mnk, diag)
         k = ws_dh_actgrad_kernel.warmup(*args, grid=_grid(M, N, 132), num_warps=NUM_WARPS)
     finally:
         driver.set_active(previous)
@@ -911,6 +928,28 @@ def bench(sub_m: int, sub_n: int, variants: list) -> None:
         )
 
 
+DIAGS = {0: "full", 1: "e/g from L2", 2: "de/dg to L2", 3: "both in L2"}
+
+
+def diag_bench(sub_m: int, sub_n: int) -> None:
+    """Time the ptr epilogue with its global loads and/or stores left out (wrong results)."""
+    torch.manual_seed(0)
+    M, D, I = 8192, 4096, 14336
+    _p(f"device: {torch.cuda.get_device_name()}, triton {triton.__version__}; diag, ptr s3")
+    dy = torch.randn(M, D, device="cuda", dtype=torch.bfloat16)
+    w = (torch.randn(D, I, device="cuda") * 0.02).to(torch.bfloat16)
+    e = torch.randn(M, I, device="cuda", dtype=torch.bfloat16)
+    g = torch.randn(M, I, device="cuda", dtype=torch.bfloat16)
+    cases = {"ours FUSE=False (dh only)": lambda: dh_only(dy, w)}
+    for d, what in DIAGS.items():
+        cases[f"ptr s3 diag {d}: {what}"] = lambda d=d: dh_actgrad(
+            dy, w, e, g, sub_m, sub_n, "ptr", STAGES, 1, 0, d
+        )
+    times: dict[str, list[float]] = {}
+    _rounds(cases, times)
+    _table(times, "ours FUSE=False (dh only)")
+
+
 def _variants(epilogue: str, stages: int | None, slots: int | None, pf: int | None) -> list:
     vs = [v for v in VARIANTS if epilogue in ("all", v[1])]
     if epilogue != "all" and (stages, slots, pf) != (None, None, None):
@@ -927,6 +966,7 @@ def main() -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--compile", action="store_true", help="CPU-only compile for sm_90a")
     g.add_argument("--bench", action="store_true", help="check + time on an sm_90 GPU")
+    g.add_argument("--diag", action="store_true", help="time the ptr epilogue's parts (GPU)")
     p.add_argument("--sub", default=f"{SUB_M}x{SUB_N}", help="fused epilogue subtile, MxN")
     p.add_argument(
         "--epilogue",
@@ -944,6 +984,10 @@ def main() -> None:
         compile_only(False, sub_m, sub_n)
         for _, epi, stages, slots, pf in variants:
             compile_only(True, sub_m, sub_n, epi, stages, slots, pf)
+        for d in DIAGS:
+            compile_only(True, sub_m, sub_n, "ptr", STAGES, 1, 0, diag=d)
+    elif args.diag:
+        diag_bench(sub_m, sub_n)
     else:
         bench(sub_m, sub_n, variants)
 
