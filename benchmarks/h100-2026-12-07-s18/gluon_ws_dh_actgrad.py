@@ -307,6 +307,79 @@ def _epilogue_actgrad_partition(
         t += 1  # noqa: SIM113 (Gluon loops have no enumerate)
 
 
+@gluon.jit
+def _epilogue_actgrad_loop_partition(
+    e_ptr,
+    g_ptr,
+    de_ptr,
+    dg_ptr,
+    c_smem,
+    c_ready,
+    c_empty,
+    num_pid_m,
+    num_pid_n,
+    N,
+    BM: gl.constexpr,
+    BN: gl.constexpr,
+    SN: gl.constexpr,
+    GROUP: gl.constexpr,
+    EWARPS: gl.constexpr,
+):
+    """FUSE=True as the ptr epilogue, but over a runtime loop of subtiles, not an unrolled one.
+
+    The unrolled epilogue is ~90 KB of straight-line code per tile, run by two warps once per
+    tile: the hypothesis is that it stalls on instruction fetch. Here the loop body is one
+    subtile. Subtiles are [BM // 4, SN], indexed at run time: the [BM, BN] 128-byte-swizzled C
+    buffer is laid out as BN // SN column blocks of [BM, SN] (each row 128 B), so it is
+    reinterpreted as [NSUB, BM // 4, SN], column block major.
+    """
+    SM_: gl.constexpr = BM // 4
+    NR: gl.constexpr = BM // SM_  # row subtiles per column block
+    NSUB: gl.constexpr = NR * (BN // SN)
+    VEC: gl.constexpr = 8
+    TPW_N: gl.constexpr = SN // VEC
+    blk: gl.constexpr = gl.BlockedLayout([1, VEC], [32 // TPW_N, TPW_N], [EWARPS, 1], [1, 0])
+    sub_layout: gl.constexpr = gl.NVMMASharedLayout(128, 16, rank=2)  # leading dim: batch
+    subs = c_smem._reinterpret(c_smem.dtype, [NSUB, SM_, SN], sub_layout)
+    rows = gl.arange(0, SM_, layout=gl.SliceLayout(1, blk))
+    cols = gl.arange(0, SN, layout=gl.SliceLayout(0, blk))
+    offs = gl.expand_dims(rows, 1) * N + gl.expand_dims(cols, 0)
+
+    num_tiles = num_pid_m * num_pid_n
+    pid = gl.program_id(0)
+    nprog = gl.num_programs(0)
+    base = _tile_base(pid, num_pid_m, num_pid_n, N, BM, BN, GROUP)
+    e_cur = gl.load(e_ptr + base + offs, eviction_policy="evict_first")
+    g_cur = gl.load(g_ptr + base + offs, eviction_policy="evict_first")
+    t = 0
+    for tile_id in range(pid, num_tiles, nprog):
+        base = _tile_base(tile_id, num_pid_m, num_pid_n, N, BM, BN, GROUP)
+        nxt_tile = gl.minimum(tile_id + nprog, num_tiles - 1)
+        nxt_base = _tile_base(nxt_tile, num_pid_m, num_pid_n, N, BM, BN, GROUP)
+        mbarrier.wait(c_ready, t & 1)
+        for j in range(NSUB):
+            jn = (j + 1) % NSUB  # the next subtile, in this tile or (jn == 0) the next one
+            nb = gl.where(jn == 0, nxt_base, base)
+            pn = nb + (jn % NR) * SM_ * N + (jn // NR) * SN
+            e_nxt = gl.load(e_ptr + pn + offs, eviction_policy="evict_first")
+            g_nxt = gl.load(g_ptr + pn + offs, eviction_policy="evict_first")
+            dh = subs.index(j).load(blk).to(gl.float32)
+            ef = e_cur.to(gl.float32)
+            gf = g_cur.to(gl.float32)
+            sg = 1.0 / (1.0 + gl.exp(-ef))
+            dhs = dh * sg
+            de = dhs * gf * (1.0 + ef * (1.0 - sg))
+            dg = dhs * ef
+            o = base + (j % NR) * SM_ * N + (j // NR) * SN
+            gl.store(de_ptr + o + offs, de.to(de_ptr.dtype.element_ty))
+            gl.store(dg_ptr + o + offs, dg.to(dg_ptr.dtype.element_ty))
+            e_cur = e_nxt
+            g_cur = g_nxt
+        gl.thread_barrier()  # all epilogue warps have read the whole tile
+        mbarrier.arrive(c_empty, count=1)
+        t += 1  # noqa: SIM113 (Gluon loops have no enumerate)
+
+
 @constexpr_function
 def _wraps(j, pf, nsub):
     """1 if subtile j + pf lies in the next tile."""
@@ -454,6 +527,7 @@ def ws_dh_actgrad_kernel(
     LOAD_NREG: gl.constexpr,
     EPI_NREG: gl.constexpr,
     EPI_TMA: gl.constexpr,
+    EPI_LOOP: gl.constexpr,
     SLOTS: gl.constexpr,
     PF: gl.constexpr,
     diag,
@@ -512,6 +586,28 @@ def ws_dh_actgrad_kernel(
         )  # fmt: skip
         for i in gl.static_range(SLOTS):
             mbarrier.invalidate(eg_bar.index(i))
+    elif FUSE and EPI_LOOP:
+        gl.warp_specialize(
+            [
+                (
+                    _mma_partition,
+                    (a_bufs, b_bufs, ready, empty, c_smem, c_ready, c_empty,
+                     num_pid_m, num_pid_n, k_tiles, BM, BN, NSTAGE, WARPS),
+                ),
+                (
+                    _load_partition,
+                    (a_desc, b_desc, a_bufs, b_bufs, ready, empty,
+                     num_pid_m, num_pid_n, k_tiles, BM, BN, BK, NSTAGE, GROUP),
+                ),
+                (
+                    _epilogue_actgrad_loop_partition,
+                    (e_ptr, g_ptr, de_ptr, dg_ptr, c_smem, c_ready, c_empty,
+                     num_pid_m, num_pid_n, N, BM, BN, SN, GROUP, EWARPS),
+                ),
+            ],
+            [1, EWARPS],
+            [LOAD_NREG, EPI_NREG],
+        )  # fmt: skip
     elif FUSE:
         gl.warp_specialize(
             [
@@ -648,6 +744,7 @@ def _args(
         LOAD_REGS,
         EPI_REGS,
         tma_io,
+        fuse and epi == "loop",
         slots,
         pf,
         4 + diag,  # never 0 or 1, which Triton would specialize into a constant
@@ -726,6 +823,7 @@ def dh_actgrad(
 # 2 stages for more (160 KB + 32 KB with 4 slots).
 VARIANTS = [
     ("ptr s3", "ptr", 3, 1, 0),
+    ("loop s3", "loop", 3, 1, 0),
     ("tma s3 r2 pf1", "tma", 3, 2, 1),
     ("tma s2 r4 pf2", "tma", 2, 4, 2),
 ]
@@ -970,7 +1068,7 @@ def main() -> None:
     p.add_argument("--sub", default=f"{SUB_M}x{SUB_N}", help="fused epilogue subtile, MxN")
     p.add_argument(
         "--epilogue",
-        choices=("all", "tma", "ptr"),
+        choices=("all", "tma", "ptr", "loop"),
         default="all",
         help="fused variants: all of VARIANTS (default), or only the tma / ptr ones",
     )
