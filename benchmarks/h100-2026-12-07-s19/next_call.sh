@@ -33,7 +33,7 @@ for _ in range(2):  # the first round compiles; ncu skips it (-s 3)
 torch.cuda.synchronize()
 PY
 timeout 240 "$ncu" -k regex:ws_dh -s 3 -c 3 --section WarpStateStats --section SchedulerStats \
-    --section SpeedOfLight --print-details all python3 /tmp/dh_actgrad_once.py >"$OUT/ncu.txt" 2>&1
+    --section SpeedOfLight python3 /tmp/dh_actgrad_once.py >"$OUT/ncu.txt" 2>&1
 echo "ncu rc $?"
 grep -E "ws_dh|Duration|Warp Cycles Per Issued|Issue Slots Busy|No Eligible|No Instruction|Stall" \
     "$OUT/ncu.txt" | head -n 60
