@@ -43,6 +43,9 @@ Epilogue variants (``--epilogue``; ``dh_actgrad(epi=...)`` defaults to ``"tma"``
   tile). de/dg overwrite the slot's e/g, ``fence_async_shared`` + warp sync, and go out by TMA
   store; ``store_wait(2 * (slots - prefetch - 1))`` before a slot is refilled. Shared: 3 stages
   + 2 slots of 32x64 = 224.3 KB; 2 stages + 4 slots = 192.3 KB (VARIANTS lists what --bench runs).
+- ``loop``: the ``ptr`` I/O, but the subtiles run in a runtime loop (both variants above unroll
+  them: ~219 KB of code that two warps fetch once per tile; see BENCHMARKS.md, nineteenth
+  session). ``--diag`` times the ``ptr`` epilogue with its loads and/or stores sent to L2.
 
 Usage::
 
@@ -245,13 +248,15 @@ def _epilogue_actgrad_partition(
     SN: gl.constexpr,
     GROUP: gl.constexpr,
     EWARPS: gl.constexpr,
+    DIAG_ON: gl.constexpr,
     diag,
 ):
     """FUSE=True: dh tile (shared) + e, g (global) -> de, dg (global), in [SM_, SN] subtiles.
 
-    ``diag`` (runtime, 4 + bits, so that the binary is the one timed without it): bit 0 loads
-    every e/g subtile from the tensors' first subtile, bit 1 stores every de/dg subtile there
-    (wrong results): the same instructions, but L2 hits instead of HBM traffic.
+    With ``DIAG_ON``, ``diag`` (runtime, 4 + bits, so that one binary serves every setting)
+    switches: bit 0 loads every e/g subtile from the tensors' first subtile, bit 1 stores every
+    de/dg subtile there (wrong results): the same instructions, but L2 hits instead of HBM
+    traffic. The switch costs registers (~1 KB of spills), so ``DIAG_ON`` is off otherwise.
     """
     VEC: gl.constexpr = 8  # 16-byte bf16 vectors
     TPW_N: gl.constexpr = SN // VEC
@@ -268,8 +273,12 @@ def _epilogue_actgrad_partition(
     # e/g of a tile's first subtile do not depend on dh: they are loaded during the previous
     # subtile (the previous tile's last one), before c_ready is waited on.
     base = _tile_base(pid, num_pid_m, num_pid_n, N, BM, BN, GROUP)
-    ld_on = 1 - diag % 2  # 0: e/g offsets collapse to the first subtile
-    st_on = 1 - (diag // 2) % 2  # 0: de/dg offsets likewise
+    if DIAG_ON:
+        ld_on = 1 - diag % 2  # 0: e/g offsets collapse to the first subtile
+        st_on = 1 - (diag // 2) % 2  # 0: de/dg offsets likewise
+    else:
+        ld_on: gl.constexpr = 1
+        st_on: gl.constexpr = 1
     e_cur = gl.load(e_ptr + ld_on * base + offs, eviction_policy="evict_first")
     g_cur = gl.load(g_ptr + ld_on * base + offs, eviction_policy="evict_first")
     t = 0
@@ -327,7 +336,7 @@ def _epilogue_actgrad_loop_partition(
 ):
     """FUSE=True as the ptr epilogue, but over a runtime loop of subtiles, not an unrolled one.
 
-    The unrolled epilogue is ~90 KB of straight-line code per tile, run by two warps once per
+    The unrolled epilogue is ~219 KB of straight-line code per tile, run by two warps once per
     tile: the hypothesis is that it stalls on instruction fetch. Here the loop body is one
     subtile. Subtiles are [BM // 4, SN], indexed at run time: the [BM, BN] 128-byte-swizzled C
     buffer is laid out as BN // SN column blocks of [BM, SN] (each row 128 B), so it is
@@ -530,6 +539,7 @@ def ws_dh_actgrad_kernel(
     EPI_LOOP: gl.constexpr,
     SLOTS: gl.constexpr,
     PF: gl.constexpr,
+    DIAG_ON: gl.constexpr,
     diag,
 ):
     BM: gl.constexpr = c_desc.block_type.shape[0]
@@ -624,7 +634,7 @@ def ws_dh_actgrad_kernel(
                 (
                     _epilogue_actgrad_partition,
                     (e_ptr, g_ptr, de_ptr, dg_ptr, c_smem, c_ready, c_empty,
-                     num_pid_m, num_pid_n, N, BM, BN, SM_, SN, GROUP, EWARPS, diag),
+                     num_pid_m, num_pid_n, N, BM, BN, SM_, SN, GROUP, EWARPS, DIAG_ON, diag),
                 ),
             ],
             [1, EWARPS],
@@ -712,7 +722,7 @@ def _args(
     slots: int = 2,
     pf: int = 1,
     mnk: tuple[int, int, int] | None = None,
-    diag: int = 0,
+    diag: int | None = None,
 ) -> tuple:
     M, K = a.shape
     N = b.shape[1]
@@ -747,7 +757,8 @@ def _args(
         fuse and epi == "loop",
         slots,
         pf,
-        4 + diag,  # never 0 or 1, which Triton would specialize into a constant
+        diag is not None,
+        4 + (diag or 0),  # never 0 or 1, which Triton would specialize into a constant
     )
 
 
@@ -799,13 +810,13 @@ def dh_actgrad(
     stages: int = STAGES,
     slots: int = 2,
     pf: int = 1,
-    diag: int = 0,
+    diag: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """FUSE=True: (de, dg) from dh = dy @ w without writing dh.
 
     ``epi="ptr"``: e/g/de/dg through pointer loads/stores; ``"tma"``: through TMA and a
-    ``slots``-deep shared ring, ``pf`` subtiles of prefetch. ``diag`` (ptr only): see
-    ``_epilogue_actgrad_partition``; nonzero gives wrong results, for timing the parts.
+    ``slots``-deep shared ring, ``pf`` subtiles of prefetch. ``diag`` (ptr only, None: off):
+    the switch of ``_epilogue_actgrad_partition``; nonzero gives wrong results.
     """
     _check_inputs(dy, w, e, g)
     M, K = dy.shape
@@ -843,12 +854,12 @@ def compile_only(
     M: int = 8192,
     N: int = 14336,
     K: int = 4096,
-    diag: int = 0,
+    diag: int | None = None,
 ) -> Any:
     from triton.runtime import driver
 
     tag = f"FUSE={fuse}" + (f" {epi} stages={stages} slots={slots} pf={pf}" if fuse else "")
-    tag += f" diag={diag}" if diag else ""
+    tag += "" if diag is None else f" diag={diag}"
     previous = driver._active
     driver.set_active(_sm90_driver())
     try:
@@ -1038,7 +1049,10 @@ def diag_bench(sub_m: int, sub_n: int) -> None:
     w = (torch.randn(D, I, device="cuda") * 0.02).to(torch.bfloat16)
     e = torch.randn(M, I, device="cuda", dtype=torch.bfloat16)
     g = torch.randn(M, I, device="cuda", dtype=torch.bfloat16)
-    cases = {"ours FUSE=False (dh only)": lambda: dh_only(dy, w)}
+    cases = {
+        "ours FUSE=False (dh only)": lambda: dh_only(dy, w),
+        "ptr s3, no switch": lambda: dh_actgrad(dy, w, e, g, sub_m, sub_n, "ptr", STAGES, 1, 0),
+    }
     for d, what in DIAGS.items():
         cases[f"ptr s3 diag {d}: {what}"] = lambda d=d: dh_actgrad(
             dy, w, e, g, sub_m, sub_n, "ptr", STAGES, 1, 0, d
