@@ -36,7 +36,7 @@ Shared memory is unchanged from the GEMM: 3 x 48 KB A/B stages + 64 KB C buffer 
 
 Epilogue variants (``--epilogue``; ``dh_actgrad(epi=...)`` defaults to ``"tma"``):
 
-- ``ptr``: the pointer loads/stores above (H100: 2.90 ms, latency-bound on 64 threads).
+- ``ptr``: the pointer loads/stores above (H100: 2.88 ms; not bound by its loads, see ``--diag``).
 - ``tma``: e/g come in by TMA into a ``slots``-deep shared ring of [SUB_M, SUB_N] subtile pairs
   (one mbarrier per slot, ``expect`` + two loads), ``prefetch`` subtiles ahead, across the tile
   boundary (the next tile's first subtiles do not wait for ``c_ready``; none past the CTA's last
