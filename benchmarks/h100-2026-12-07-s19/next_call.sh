@@ -9,7 +9,7 @@ set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 here=benchmarks/h100-2026-12-07-s18
-export PYTHONPATH=packages/lk-triton/src:$here
+export PYTHONPATH=packages/lk-autograd/src:packages/lk-triton/src:$here
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 timeout 240 python3 -u $here/gluon_ws_dh_actgrad.py --bench --epilogue all >"$OUT/loop.txt" 2>&1
 echo "bench rc $?"
