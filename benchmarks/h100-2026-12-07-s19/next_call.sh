@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The nineteenth session's unrun GPU step (one device call, ~3 min, no carry):
+# The nineteenth session's unrun GPU step (one device call, up to ~9 min, no carry: give run timeout_s 600):
 #   1. gluon_ws_dh_actgrad --bench: the runtime-loop epilogue against cuBLAS dh, the pair,
 #      FUSE=False and the unrolled pointer epilogue, checked against float64 first;
 #   2. Nsight Compute stall summaries of the unrolled and loop kernels and of FUSE=False
@@ -11,7 +11,7 @@ mkdir -p "$OUT"
 here=benchmarks/h100-2026-12-07-s18
 export PYTHONPATH=packages/lk-autograd/src:packages/lk-triton/src:$here
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-timeout 240 python3 -u $here/gluon_ws_dh_actgrad.py --bench --epilogue all >"$OUT/loop.txt" 2>&1
+timeout 360 python3 -u $here/gluon_ws_dh_actgrad.py --bench --epilogue all >"$OUT/loop.txt" 2>&1
 echo "bench rc $?"
 tail -n 16 "$OUT/loop.txt"
 
@@ -32,7 +32,7 @@ for _ in range(2):  # the first round compiles; ncu skips it (-s 3)
     m.dh_only(dy, w)
 torch.cuda.synchronize()
 PY
-timeout 240 "$ncu" -k regex:ws_dh -s 3 -c 3 --section WarpStateStats --section SchedulerStats \
+timeout 200 "$ncu" -k regex:ws_dh -s 3 -c 3 --section WarpStateStats --section SchedulerStats \
     --section SpeedOfLight python3 /tmp/dh_actgrad_once.py >"$OUT/ncu.txt" 2>&1
 echo "ncu rc $?"
 grep -E "ws_dh|Duration|Warp Cycles Per Issued|Issue Slots Busy|No Eligible|No Instruction|Stall" \
