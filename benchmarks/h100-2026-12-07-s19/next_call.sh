@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The nineteenth session's unrun GPU step (one device call, up to ~9 min, no carry: give run timeout_s 600):
-#   1. gluon_ws_dh_actgrad --bench: the runtime-loop epilogue against cuBLAS dh, the pair,
-#      FUSE=False and the unrolled pointer epilogue, checked against float64 first;
+#   1. gluon_ws_dh_actgrad --bench for the loop and loop_da epilogues, each against cuBLAS dh,
+#      the pair, the shipped path and FUSE=False, checked against float64 first;
 #   2. Nsight Compute stall summaries of the unrolled and loop kernels and of FUSE=False
 #      (if ncu is on the machine), to confirm or refute instruction fetch as the limit.
 # Run from the repository root: bash benchmarks/h100-2026-12-07-s19/next_call.sh
@@ -11,9 +11,12 @@ mkdir -p "$OUT"
 here=benchmarks/h100-2026-12-07-s18
 export PYTHONPATH=packages/lk-autograd/src:packages/lk-triton/src:$here
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-timeout 360 python3 -u $here/gluon_ws_dh_actgrad.py --bench --epilogue all >"$OUT/loop.txt" 2>&1
-echo "bench rc $?"
-tail -n 16 "$OUT/loop.txt"
+# One process per variant: a hang (the script exits after 30 s) then costs only that one.
+for epi in loop loop_da; do
+    timeout 200 python3 -u $here/gluon_ws_dh_actgrad.py --bench --epilogue $epi >"$OUT/$epi.txt" 2>&1
+    echo "bench $epi rc $?"
+    tail -n 12 "$OUT/$epi.txt"
+done
 
 ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
 [[ -n $ncu ]] || { echo "no ncu on this machine"; exit 0; }
