@@ -329,79 +329,6 @@ def _epilogue_actgrad_loop_partition(
     g_ptr,
     de_ptr,
     dg_ptr,
-    c_smem,
-    c_ready,
-    c_empty,
-    num_pid_m,
-    num_pid_n,
-    N,
-    BM: gl.constexpr,
-    BN: gl.constexpr,
-    SN: gl.constexpr,
-    GROUP: gl.constexpr,
-    EWARPS: gl.constexpr,
-):
-    """FUSE=True as the ptr epilogue, but over a runtime loop of subtiles, not an unrolled one.
-
-    The unrolled epilogue is ~219 KB of straight-line code per tile, run by two warps once per
-    tile: the hypothesis is that it stalls on instruction fetch. Here the loop body is one
-    subtile. Subtiles are [BM // 4, SN], indexed at run time: the [BM, BN] 128-byte-swizzled C
-    buffer is laid out as BN // SN column blocks of [BM, SN] (each row 128 B), so it is
-    reinterpreted as [NSUB, BM // 4, SN], column block major.
-    """
-    SM_: gl.constexpr = BM // 4
-    NR: gl.constexpr = BM // SM_  # row subtiles per column block
-    NSUB: gl.constexpr = NR * (BN // SN)
-    VEC: gl.constexpr = 8
-    TPW_N: gl.constexpr = SN // VEC
-    blk: gl.constexpr = gl.BlockedLayout([1, VEC], [32 // TPW_N, TPW_N], [EWARPS, 1], [1, 0])
-    sub_layout: gl.constexpr = gl.NVMMASharedLayout(128, 16, rank=2)  # leading dim: batch
-    subs = c_smem._reinterpret(c_smem.dtype, [NSUB, SM_, SN], sub_layout)
-    rows = gl.arange(0, SM_, layout=gl.SliceLayout(1, blk))
-    cols = gl.arange(0, SN, layout=gl.SliceLayout(0, blk))
-    offs = gl.expand_dims(rows, 1) * N + gl.expand_dims(cols, 0)
-
-    num_tiles = num_pid_m * num_pid_n
-    pid = gl.program_id(0)
-    nprog = gl.num_programs(0)
-    base = _tile_base(pid, num_pid_m, num_pid_n, N, BM, BN, GROUP)
-    e_cur = gl.load(e_ptr + base + offs, eviction_policy="evict_first")
-    g_cur = gl.load(g_ptr + base + offs, eviction_policy="evict_first")
-    t = 0
-    for tile_id in range(pid, num_tiles, nprog):
-        base = _tile_base(tile_id, num_pid_m, num_pid_n, N, BM, BN, GROUP)
-        nxt_tile = gl.minimum(tile_id + nprog, num_tiles - 1)
-        nxt_base = _tile_base(nxt_tile, num_pid_m, num_pid_n, N, BM, BN, GROUP)
-        mbarrier.wait(c_ready, t & 1)
-        for j in range(NSUB):
-            jn = (j + 1) % NSUB  # the next subtile, in this tile or (jn == 0) the next one
-            nb = gl.where(jn == 0, nxt_base, base)
-            pn = nb + (jn % NR) * SM_ * N + (jn // NR) * SN
-            e_nxt = gl.load(e_ptr + pn + offs, eviction_policy="evict_first")
-            g_nxt = gl.load(g_ptr + pn + offs, eviction_policy="evict_first")
-            dh = subs.index(j).load(blk).to(gl.float32)
-            ef = e_cur.to(gl.float32)
-            gf = g_cur.to(gl.float32)
-            sg = 1.0 / (1.0 + gl.exp(-ef))
-            dhs = dh * sg
-            de = dhs * gf * (1.0 + ef * (1.0 - sg))
-            dg = dhs * ef
-            o = base + (j % NR) * SM_ * N + (j // NR) * SN
-            gl.store(de_ptr + o + offs, de.to(de_ptr.dtype.element_ty))
-            gl.store(dg_ptr + o + offs, dg.to(dg_ptr.dtype.element_ty))
-            e_cur = e_nxt
-            g_cur = g_nxt
-        gl.thread_barrier()  # all epilogue warps have read the whole tile
-        mbarrier.arrive(c_empty, count=1)
-        t += 1  # noqa: SIM113 (Gluon loops have no enumerate)
-
-
-@gluon.jit
-def _epilogue_actgrad_loop_da_partition(
-    e_ptr,
-    g_ptr,
-    de_ptr,
-    dg_ptr,
     dxa_ptr,
     part_ptr,
     c_smem,
@@ -415,46 +342,54 @@ def _epilogue_actgrad_loop_da_partition(
     SN: gl.constexpr,
     GROUP: gl.constexpr,
     EWARPS: gl.constexpr,
+    DA: gl.constexpr,
     R: gl.constexpr,
 ):
-    """The loop epilogue plus down's LoRA ``dA = dXA^T h`` partials, ``h = silu(e) g``.
+    """FUSE=True as the ptr epilogue, but over a runtime loop of subtiles, not an unrolled one.
 
-    ``h`` is computed in fp32 and rounded to bf16 (as the forward stored it); ``dXA`` is [M, R]
-    bf16, contiguous. Per subtile ``acc[R, SN] += dXA[rows]^T @ h[rows, cols]`` (mma_v2, fp32).
-    Subtiles go column block major, so the NR row subtiles of one column block are consecutive
-    and share ``acc``; after the last of them it is stored to the fp32 partial
-    ``part[pid_m, :, cols]`` ([M // BM, R, N]) and reset. The host sums over ``pid_m``.
+    The unrolled epilogue is ~219 KB of straight-line code per tile, run by two warps once per
+    tile: the hypothesis is that it stalls on instruction fetch. Here the loop body is one
+    subtile. Subtiles are [BM // 4, SN], indexed at run time: the [BM, BN] 128-byte-swizzled C
+    buffer is laid out as BN // SN column blocks of [BM, SN] (each row 128 B), so it is
+    reinterpreted as [NSUB, BM // 4, SN], column block major.
 
-    Register pressure (ptxas is sensitive to the order): ``dXA`` is loaded in the subtile that
-    uses it (prefetching it with e/g spilled 176 B), and ``h`` and the product come before de/dg
-    (after them: ~100-200 B of spills).
+    With ``DA`` (``loop_da``), also down's LoRA ``dA = dXA^T h`` partials, ``h = silu(e) g``
+    computed in fp32 and rounded to bf16 (as the forward stored it); ``dXA`` is [M, R] bf16,
+    contiguous. Per subtile ``acc[R, SN] += dXA[rows]^T @ h[rows, cols]`` (mma_v2, fp32). The NR
+    row subtiles of one column block are consecutive and share ``acc``; after the last of them
+    it is stored to the fp32 partial ``part[pid_m, :, cols]`` ([M // BM, R, N]) and reset. The
+    host sums over ``pid_m``. Register pressure (ptxas is sensitive to the order): ``dXA`` is
+    loaded in the subtile that uses it (prefetching it with e/g spilled 176 B), and ``h`` and
+    the product come before de/dg (after them: ~100-200 B of spills).
     """
     SM_: gl.constexpr = BM // 4
-    NR: gl.constexpr = BM // SM_
+    NR: gl.constexpr = BM // SM_  # row subtiles per column block
     NSUB: gl.constexpr = NR * (BN // SN)
     VEC: gl.constexpr = 8
     TPW_N: gl.constexpr = SN // VEC
     blk: gl.constexpr = gl.BlockedLayout([1, VEC], [32 // TPW_N, TPW_N], [EWARPS, 1], [1, 0])
-    sub_layout: gl.constexpr = gl.NVMMASharedLayout(128, 16, rank=2)
+    sub_layout: gl.constexpr = gl.NVMMASharedLayout(128, 16, rank=2)  # leading dim: batch
     subs = c_smem._reinterpret(c_smem.dtype, [NSUB, SM_, SN], sub_layout)
     rows = gl.arange(0, SM_, layout=gl.SliceLayout(1, blk))
     cols = gl.arange(0, SN, layout=gl.SliceLayout(0, blk))
     offs = gl.expand_dims(rows, 1) * N + gl.expand_dims(cols, 0)
-    # dA's product: [R, SM_] @ [SM_, SN] -> [R, SN]; the EWARPS warps split the SN columns.
-    mma: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[2, 0], warps_per_cta=[1, EWARPS], instr_shape=[16, 8]
-    )
-    a_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
-    b_op: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
-    # dXA^T [R, SM_] loaded with the rank (contiguous in memory) fastest, 16-byte vectors.
-    TPW_R: gl.constexpr = R // VEC
-    xt_blk: gl.constexpr = gl.BlockedLayout([VEC, 1], [TPW_R, 32 // TPW_R], [1, EWARPS], [0, 1])
-    xk = gl.arange(0, R, layout=gl.SliceLayout(1, xt_blk))
-    xm = gl.arange(0, SM_, layout=gl.SliceLayout(0, xt_blk))
-    x_offs = gl.expand_dims(xm, 0) * R + gl.expand_dims(xk, 1)
-    pk = gl.arange(0, R, layout=gl.SliceLayout(1, mma))
-    pc = gl.arange(0, SN, layout=gl.SliceLayout(0, mma))
-    p_offs = gl.expand_dims(pk, 1) * N + gl.expand_dims(pc, 0)
+    if DA:
+        # dA's product: [R, SM_] @ [SM_, SN] -> [R, SN]; the EWARPS warps split the SN columns.
+        mma: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[2, 0], warps_per_cta=[1, EWARPS], instr_shape=[16, 8]
+        )
+        a_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+        b_op: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+        # dXA^T [R, SM_] loaded with the rank (contiguous in memory) fastest, 16-byte vectors.
+        TPW_R: gl.constexpr = R // VEC
+        xt_blk: gl.constexpr = gl.BlockedLayout([VEC, 1], [TPW_R, 32 // TPW_R], [1, EWARPS], [0, 1])
+        xk = gl.arange(0, R, layout=gl.SliceLayout(1, xt_blk))
+        xm = gl.arange(0, SM_, layout=gl.SliceLayout(0, xt_blk))
+        x_offs = gl.expand_dims(xm, 0) * R + gl.expand_dims(xk, 1)
+        pk = gl.arange(0, R, layout=gl.SliceLayout(1, mma))
+        pc = gl.arange(0, SN, layout=gl.SliceLayout(0, mma))
+        p_offs = gl.expand_dims(pk, 1) * N + gl.expand_dims(pc, 0)
+        acc = gl.zeros([R, SN], gl.float32, mma)
 
     num_tiles = num_pid_m * num_pid_n
     pid = gl.program_id(0)
@@ -462,7 +397,6 @@ def _epilogue_actgrad_loop_da_partition(
     base = _tile_base(pid, num_pid_m, num_pid_n, N, BM, BN, GROUP)
     e_cur = gl.load(e_ptr + base + offs, eviction_policy="evict_first")
     g_cur = gl.load(g_ptr + base + offs, eviction_policy="evict_first")
-    acc = gl.zeros([R, SN], gl.float32, mma)
     t = 0
     for tile_id in range(pid, num_tiles, nprog):
         pid_m, pid_n = _tile_mn(tile_id, num_pid_m, num_pid_n, GROUP)
@@ -476,23 +410,26 @@ def _epilogue_actgrad_loop_da_partition(
             pn = nb + (jn % NR) * SM_ * N + (jn // NR) * SN
             e_nxt = gl.load(e_ptr + pn + offs, eviction_policy="evict_first")
             g_nxt = gl.load(g_ptr + pn + offs, eviction_policy="evict_first")
-            xt = gl.load(dxa_ptr + (pid_m * BM + (j % NR) * SM_) * R + x_offs)  # L2-resident
+            if DA:
+                xt = gl.load(dxa_ptr + (pid_m * BM + (j % NR) * SM_) * R + x_offs)  # L2-resident
             dh = subs.index(j).load(blk).to(gl.float32)
             ef = e_cur.to(gl.float32)
             gf = g_cur.to(gl.float32)
             sg = 1.0 / (1.0 + gl.exp(-ef))
-            h = (ef * sg * gf).to(dxa_ptr.dtype.element_ty)
-            acc = mma_v2(gl.convert_layout(xt, a_op), gl.convert_layout(h, b_op), acc)
+            if DA:
+                h = (ef * sg * gf).to(dxa_ptr.dtype.element_ty)
+                acc = mma_v2(gl.convert_layout(xt, a_op), gl.convert_layout(h, b_op), acc)
             dhs = dh * sg
             de = dhs * gf * (1.0 + ef * (1.0 - sg))
             dg = dhs * ef
             o = base + (j % NR) * SM_ * N + (j // NR) * SN
             gl.store(de_ptr + o + offs, de.to(de_ptr.dtype.element_ty))
             gl.store(dg_ptr + o + offs, dg.to(dg_ptr.dtype.element_ty))
-            if j % NR == NR - 1:  # the column block's last row subtile
-                po = pid_m * R * N + pid_n * BN + (j // NR) * SN
-                gl.store(part_ptr + po + p_offs, acc)
-                acc = gl.zeros([R, SN], gl.float32, mma)
+            if DA:  # noqa: SIM102 (compile-time; the inner test is a runtime one)
+                if j % NR == NR - 1:  # the column block's last row subtile
+                    po = pid_m * R * N + pid_n * BN + (j // NR) * SN
+                    gl.store(part_ptr + po + p_offs, acc)
+                    acc = gl.zeros([R, SN], gl.float32, mma)
             e_cur = e_nxt
             g_cur = g_nxt
         gl.thread_barrier()  # all epilogue warps have read the whole tile
@@ -711,29 +648,7 @@ def ws_dh_actgrad_kernel(
         )  # fmt: skip
         for i in gl.static_range(SLOTS):
             mbarrier.invalidate(eg_bar.index(i))
-    elif FUSE and EPI_DA:
-        gl.warp_specialize(
-            [
-                (
-                    _mma_partition,
-                    (a_bufs, b_bufs, ready, empty, c_smem, c_ready, c_empty,
-                     num_pid_m, num_pid_n, k_tiles, BM, BN, NSTAGE, WARPS),
-                ),
-                (
-                    _load_partition,
-                    (a_desc, b_desc, a_bufs, b_bufs, ready, empty,
-                     num_pid_m, num_pid_n, k_tiles, BM, BN, BK, NSTAGE, GROUP),
-                ),
-                (
-                    _epilogue_actgrad_loop_da_partition,
-                    (e_ptr, g_ptr, de_ptr, dg_ptr, dxa_ptr, part_ptr, c_smem, c_ready, c_empty,
-                     num_pid_m, num_pid_n, N, BM, BN, SN, GROUP, EWARPS, R),
-                ),
-            ],
-            [1, EWARPS],
-            [LOAD_NREG, EPI_NREG],
-        )  # fmt: skip
-    elif FUSE and EPI_LOOP:
+    elif FUSE and (EPI_LOOP or EPI_DA):
         gl.warp_specialize(
             [
                 (
@@ -748,8 +663,8 @@ def ws_dh_actgrad_kernel(
                 ),
                 (
                     _epilogue_actgrad_loop_partition,
-                    (e_ptr, g_ptr, de_ptr, dg_ptr, c_smem, c_ready, c_empty,
-                     num_pid_m, num_pid_n, N, BM, BN, SN, GROUP, EWARPS),
+                    (e_ptr, g_ptr, de_ptr, dg_ptr, dxa_ptr, part_ptr, c_smem, c_ready, c_empty,
+                     num_pid_m, num_pid_n, N, BM, BN, SN, GROUP, EWARPS, EPI_DA, R),
                 ),
             ],
             [1, EWARPS],
