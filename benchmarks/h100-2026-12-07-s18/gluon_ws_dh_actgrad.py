@@ -51,6 +51,8 @@ Epilogue variants (``--epilogue``; ``dh_actgrad(epi=...)`` defaults to ``"tma"``
   ``dXA[rows]^T h`` by mma_v2 into one [r, 64] fp32 accumulator per column block, stored as
   the partial ``part[pid_m]`` ([M // 128, r, N]) that the host sums. Its baseline is the
   shipped ``lk_autograd`` path: cuBLAS ``dh`` + ``activation_backward_with_dA``.
+- ``loop_h`` (``dh_actgrad_h``): ``loop`` that also stores ``h`` (bf16, [M, N]), then cuBLAS
+  ``dA = dXA^T h``: the same outputs and baseline as ``loop_da``, with the MMA out of the epilogue.
 
 Usage::
 
@@ -344,6 +346,7 @@ def _epilogue_actgrad_loop_partition(
     EWARPS: gl.constexpr,
     DA: gl.constexpr,
     R: gl.constexpr,
+    HOUT: gl.constexpr,
 ):
     """FUSE=True as the ptr epilogue, but over a runtime loop of subtiles, not an unrolled one.
 
@@ -361,6 +364,8 @@ def _epilogue_actgrad_loop_partition(
     host sums over ``pid_m``. Register pressure (ptxas is sensitive to the order): ``dXA`` is
     loaded in the subtile that uses it (prefetching it with e/g spilled 176 B), and ``h`` and
     the product come before de/dg (after them: ~100-200 B of spills).
+
+    With ``HOUT`` (``loop_h``), ``h`` (bf16, as above) is stored to ``part_ptr`` ([M, N]) instead.
     """
     SM_: gl.constexpr = BM // 4
     NR: gl.constexpr = BM // SM_  # row subtiles per column block
@@ -425,6 +430,8 @@ def _epilogue_actgrad_loop_partition(
             o = base + (j % NR) * SM_ * N + (j // NR) * SN
             gl.store(de_ptr + o + offs, de.to(de_ptr.dtype.element_ty))
             gl.store(dg_ptr + o + offs, dg.to(dg_ptr.dtype.element_ty))
+            if HOUT:
+                gl.store(part_ptr + o + offs, (ef * sg * gf).to(part_ptr.dtype.element_ty))
             if DA:  # noqa: SIM102 (compile-time; the inner test is a runtime one)
                 if j % NR == NR - 1:  # the column block's last row subtile
                     po = pid_m * R * N + pid_n * BN + (j // NR) * SN
@@ -588,6 +595,7 @@ def ws_dh_actgrad_kernel(
     EPI_TMA: gl.constexpr,
     EPI_LOOP: gl.constexpr,
     EPI_DA: gl.constexpr,
+    EPI_HOUT: gl.constexpr,
     R: gl.constexpr,
     SLOTS: gl.constexpr,
     PF: gl.constexpr,
@@ -648,7 +656,7 @@ def ws_dh_actgrad_kernel(
         )  # fmt: skip
         for i in gl.static_range(SLOTS):
             mbarrier.invalidate(eg_bar.index(i))
-    elif FUSE and (EPI_LOOP or EPI_DA):
+    elif FUSE and (EPI_LOOP or EPI_DA or EPI_HOUT):
         gl.warp_specialize(
             [
                 (
@@ -664,7 +672,8 @@ def ws_dh_actgrad_kernel(
                 (
                     _epilogue_actgrad_loop_partition,
                     (e_ptr, g_ptr, de_ptr, dg_ptr, dxa_ptr, part_ptr, c_smem, c_ready, c_empty,
-                     num_pid_m, num_pid_n, N, BM, BN, SN, GROUP, EWARPS, EPI_DA, R),
+                     num_pid_m, num_pid_n, N, BM, BN, SN, GROUP, EWARPS, EPI_DA, R,
+                     EPI_HOUT),
                 ),
             ],
             [1, EWARPS],
@@ -783,7 +792,9 @@ def _args(
     if mnk is not None:
         M, N, K = mnk
     da = fuse and epi == "loop_da"
-    assert da == (dxa is not None) == (part is not None), (epi, dxa is None, part is None)
+    hout = fuse and epi == "loop_h"
+    assert da == (dxa is not None), (epi, dxa is None)
+    assert (da or hout) == (part is not None), (epi, part is None)
     tma_io = fuse and epi == "tma"
     if tma_io:
         _check_tma(sub_m, sub_n, slots, pf)
@@ -799,7 +810,7 @@ def _args(
         de,
         dg,
         dxa,  # constexpr None except for loop_da
-        part,
+        part,  # loop_da: the dA partials; loop_h: h
         M,
         N,
         K,
@@ -814,6 +825,7 @@ def _args(
         tma_io,
         fuse and epi == "loop",
         da,
+        hout,
         DA_RANK,
         slots,
         pf,
@@ -915,6 +927,25 @@ def dh_actgrad_da(
     return de, dg, part.sum(0).to(torch.bfloat16)
 
 
+def dh_actgrad_h(
+    dy: torch.Tensor,
+    w: torch.Tensor,
+    e: torch.Tensor,
+    g: torch.Tensor,
+    dxa: torch.Tensor,
+    stages: int = STAGES,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``dh_actgrad_da``'s outputs, with the loop epilogue storing ``h`` and cuBLAS ``dXA^T h``."""
+    _check_inputs(dy, w, e, g)
+    M, K = dy.shape
+    N = w.shape[1]
+    _check_shapes(M, N, K, SUB_M, SUB_N)
+    assert dxa.dtype == torch.bfloat16 and dxa.is_contiguous() and dxa.shape == (M, DA_RANK)
+    de, dg, h = torch.empty_like(e), torch.empty_like(g), torch.empty_like(e)
+    _launch(dy, w, de, e, g, de, dg, True, SUB_M, SUB_N, stages=stages, epi="loop_h", part=h)
+    return de, dg, dxa.T @ h
+
+
 # Fused variants: (tag, epilogue, mainloop stages, ring slots, prefetch distance). The TMA ring
 # costs slots * 2 * sub_m * sub_n * 2 B: 3 stages leave room for 2 slots of 32x64 (208 KB + 16 KB),
 # 2 stages for more (160 KB + 32 KB with 4 slots).
@@ -922,6 +953,7 @@ VARIANTS = [
     ("ptr s3", "ptr", 3, 1, 0),
     ("loop s3", "loop", 3, 1, 0),
     ("loop_da s3", "loop_da", 3, 1, 0),
+    ("loop_h s3", "loop_h", 3, 1, 0),
     ("tma s3 r2 pf1", "tma", 3, 2, 1),
     ("tma s2 r4 pf2", "tma", 2, 4, 2),
 ]
@@ -959,6 +991,8 @@ def compile_only(
         if fuse and epi == "loop_da":
             da = {"dxa": torch.empty(256, DA_RANK, dtype=torch.bfloat16)}
             da["part"] = torch.empty(2, DA_RANK, 512, dtype=torch.float32)
+        if fuse and epi == "loop_h":
+            da = {"part": c}
         args = _args(
             a, b, c, c, c, c, c, fuse, sub_m, sub_n, stages, epi, slots, pf, mnk, diag, **da
         )
@@ -1070,6 +1104,8 @@ def bench(sub_m: int, sub_n: int, variants: list) -> None:
         _, epi, stages, slots, pf = v
         if epi == "loop_da":
             return lambda: dh_actgrad_da(dy, w, e, g, dxa, stages)
+        if epi == "loop_h":
+            return lambda: dh_actgrad_h(dy, w, e, g, dxa, stages)
         return lambda: dh_actgrad(dy, w, e, g, sub_m, sub_n, epi, stages, slots, pf)
 
     # --- correctness vs float64 (known-good kernels first)
@@ -1116,7 +1152,7 @@ def bench(sub_m: int, sub_n: int, variants: list) -> None:
         r = (_rel(out[0], de_ref), _rel(out[1], dg_ref))
         ok = all(f <= 2.0 * p for f, p in zip(r, r_pair, strict=True))
         msg = f"{v[0]:<16} de {r[0]:.3e}  dg {r[1]:.3e}"
-        if len(out) == 3:  # loop_da: dA against the shipped path's error
+        if len(out) == 3:  # loop_da, loop_h: dA against the shipped path's error
             r_da = _rel(out[2], dA_ref)
             ok = ok and r_da <= 2.0 * r_ship[2]
             msg += f"  dA {r_da:.3e}"
@@ -1147,7 +1183,7 @@ def bench(sub_m: int, sub_n: int, variants: list) -> None:
     _p(f"activation + dA cost shipped: {(ship_ms - med['cuBLAS dh alone']) * 1e3:.1f} us")
     for v in variants:
         ms = med[f"ours FUSE=True {v[0]}"]
-        if v[1] == "loop_da":  # also computes dA: against the shipped path, which does too
+        if v[1] in ("loop_da", "loop_h"):  # also dA: against the shipped path, which gives it too
             ref_name, ref_ms = "shipped", ship_ms
         else:
             ref_name, ref_ms = "pair (store_h=False)", pair_ms
@@ -1202,7 +1238,7 @@ def main() -> None:
     p.add_argument("--sub", default=f"{SUB_M}x{SUB_N}", help="fused epilogue subtile, MxN")
     p.add_argument(
         "--epilogue",
-        choices=("all", "tma", "ptr", "loop", "loop_da"),
+        choices=("all", "tma", "ptr", "loop", "loop_da", "loop_h"),
         default="all",
         help="fused variants: all of VARIANTS (default), or only those of one epilogue",
     )
