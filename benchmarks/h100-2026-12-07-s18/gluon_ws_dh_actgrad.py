@@ -593,7 +593,7 @@ def ws_dh_actgrad_kernel(
     LOAD_NREG: gl.constexpr,
     EPI_NREG: gl.constexpr,
     EPI_TMA: gl.constexpr,
-    EPI_LOOP: gl.constexpr,
+    EPI_LOOP: gl.constexpr,  # any runtime-loop epilogue: loop, loop_da, loop_h
     EPI_DA: gl.constexpr,
     EPI_HOUT: gl.constexpr,
     R: gl.constexpr,
@@ -656,7 +656,7 @@ def ws_dh_actgrad_kernel(
         )  # fmt: skip
         for i in gl.static_range(SLOTS):
             mbarrier.invalidate(eg_bar.index(i))
-    elif FUSE and (EPI_LOOP or EPI_DA or EPI_HOUT):
+    elif FUSE and EPI_LOOP:
         gl.warp_specialize(
             [
                 (
@@ -823,7 +823,7 @@ def _args(
         LOAD_REGS,
         EPI_REGS,
         tma_io,
-        fuse and epi == "loop",
+        fuse and epi in ("loop", "loop_da", "loop_h"),
         da,
         hout,
         DA_RANK,
@@ -901,6 +901,18 @@ def dh_actgrad(
     return de, dg
 
 
+def _check_da_inputs(
+    dy: torch.Tensor, w: torch.Tensor, e: torch.Tensor, g: torch.Tensor, dxa: torch.Tensor
+) -> tuple[int, int]:
+    """The checks of the dA variants (``dxa`` is [M, r] bf16, contiguous); returns (M, N)."""
+    _check_inputs(dy, w, e, g)
+    M, K = dy.shape
+    N = w.shape[1]
+    _check_shapes(M, N, K, SUB_M, SUB_N)
+    assert dxa.dtype == torch.bfloat16 and dxa.is_contiguous() and dxa.shape == (M, DA_RANK)
+    return M, N
+
+
 def dh_actgrad_da(
     dy: torch.Tensor,
     w: torch.Tensor,
@@ -913,11 +925,7 @@ def dh_actgrad_da(
 
     The kernel writes one fp32 partial per 128-row tile, ``part`` [M // 128, r, N].
     """
-    _check_inputs(dy, w, e, g)
-    M, K = dy.shape
-    N = w.shape[1]
-    _check_shapes(M, N, K, SUB_M, SUB_N)
-    assert dxa.dtype == torch.bfloat16 and dxa.is_contiguous() and dxa.shape == (M, DA_RANK)
+    M, N = _check_da_inputs(dy, w, e, g, dxa)
     de, dg = torch.empty_like(e), torch.empty_like(g)
     part = torch.empty(M // BLOCK_M, DA_RANK, N, device=e.device, dtype=torch.float32)
     cfg = {"stages": stages, "epi": "loop_da", "dxa": dxa, "part": part}
@@ -936,11 +944,7 @@ def dh_actgrad_h(
     stages: int = STAGES,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``dh_actgrad_da``'s outputs, with the loop epilogue storing ``h`` and cuBLAS ``dXA^T h``."""
-    _check_inputs(dy, w, e, g)
-    M, K = dy.shape
-    N = w.shape[1]
-    _check_shapes(M, N, K, SUB_M, SUB_N)
-    assert dxa.dtype == torch.bfloat16 and dxa.is_contiguous() and dxa.shape == (M, DA_RANK)
+    _check_da_inputs(dy, w, e, g, dxa)
     de, dg, h = torch.empty_like(e), torch.empty_like(g), torch.empty_like(e)
     _launch(dy, w, de, e, g, de, dg, True, SUB_M, SUB_N, stages=stages, epi="loop_h", part=h)
     return de, dg, dxa.T @ h
