@@ -12,14 +12,18 @@ tests' (``-m gpu``) and the interpreter's.
 
 from __future__ import annotations
 
+import re
+import subprocess
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
 
-from lk_autograd import _activation_backward, _gemm, _lora_grads, _quant_kernel
+from lk_autograd import _activation_backward, _down_backward, _gemm, _lora_grads, _quant_kernel
 from lk_triton import _gated
 
 triton = pytest.importorskip("triton")
@@ -58,6 +62,13 @@ def compiled(monkeypatch) -> Iterator[list[Any]]:
 
     for module in (_gated, _gemm, _lora_grads, _quant_kernel, _activation_backward):
         monkeypatch.setattr(module, "launch", compile_only)
+    if _down_backward.gluon is not None:  # a Gluon kernel, launched through the JIT
+        monkeypatch.setattr(
+            _down_backward, "_launch",
+            lambda programs, args, kwargs: compile_only(
+                _down_backward._kernel, programs, args, kwargs, None
+            ),
+        )  # fmt: skip
     monkeypatch.setattr(_gated, "uses_triton", lambda t: True)
     previous = driver._active  # None until something asks for the default (CUDA) driver
     driver.set_active(_Sm90Driver())
@@ -174,6 +185,39 @@ def test_activation_backward_with_dA(compiled, activation, r, dtype):
     dXA = _randn(333, r, dtype=dtype)
     _activation_backward.activation_backward_with_dA(dh, e, g, dXA, activation, inplace=True)
     _check(compiled, ["_partials_kernel", "_sum_kernel"])
+
+
+@pytest.mark.skipif(_down_backward.gluon is None, reason="this Triton has no Gluon (3.6-3.9) API")
+@pytest.mark.parametrize(
+    "activation, r, dtype",
+    [("silu", 16, torch.bfloat16), ("gelu", 64, torch.bfloat16), ("gelu_tanh", 72, torch.float16)],
+    ids=["silu-r16-bf16", "gelu-r64-bf16", "gelu_tanh-r72-fp16"],
+)
+def test_down_backward(compiled, activation, r, dtype):
+    """The warp-specialized kernel: its shared memory fits, and no partition spills (a spill
+    in the epilogue's loop costs its two warps more than the ``dh`` store it saves)."""
+    M, K, N = 256, 192, 512
+    e, g = (_randn(M, N, dtype=dtype) for _ in range(2))
+    dY, W = _randn(M, K, dtype=dtype), _randn(K, N, dtype=dtype)
+    dXA, A = _randn(M, r, dtype=dtype), _randn(r, N, dtype=dtype)
+    _down_backward.down_backward(dY, W, dXA, A, e, g, activation, inplace=True)
+    _check(compiled, ["_kernel"])
+    assert _spill_bytes(compiled[0]) == 0
+
+
+def _spill_bytes(kernel: Any) -> int:
+    """The spill stores and loads that Triton's bundled ``ptxas -v`` reports for the PTX
+    (``CompiledKernel.n_spills`` is only filled in when a GPU loads the cubin)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d, "kernel.ptx")
+        src.write_text(kernel.asm["ptx"])
+        cmd = [get_ptxas(90).path, "-v", "--gpu-name=sm_90a", str(src), "-o", str(Path(d, "k"))]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    spills = re.findall(r"(\d+) bytes spill (?:stores|loads)", out.stdout + out.stderr)
+    assert spills, out.stdout + out.stderr
+    return sum(map(int, spills))
 
 
 @pytest.mark.parametrize("nested", [False, True], ids=["absmax", "nested-absmax"])

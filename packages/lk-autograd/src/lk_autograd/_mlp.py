@@ -13,6 +13,7 @@ import lk_triton  # registers the torch.ops.lk_triton custom ops
 from . import _linear as L
 from ._activation_backward import activation_backward_with_dA, fusable_activation_dA
 from ._args import apply_args, autocast_dtype, no_autocast, output, read
+from ._down_backward import down_backward, fusable_down_backward
 from ._gemm import fusable_gated, gated_lora_matmul
 
 # LoRA_MLP's activation names -> lk_triton's. Under torch.compile the kernels run behind
@@ -81,19 +82,43 @@ class LoRA_MLP(torch.autograd.Function):
         need_X = ctx.needs_input_grad[0]
         need_gate, need_up, need_down = L.unpack(layouts, ctx.needs_input_grad[3:])
         with no_autocast(X.device.type):
-            dh, (g_down,), pending = L.backward_input(
-                [down], layouts[2:], saved_down, [dY], [need_down], True, X.dtype
+            de, dg, g_down = _down_and_activation_backward(
+                dY, e, g, down, layouts[2], saved_down, need_down, ctx.activation, X.dtype
             )
-            de, dg, g_down = _gated_backward(
-                dh.contiguous(), e, g, down, pending, g_down, ctx.activation
-            )
-            del dh
             dX, grads, pending = L.backward_input(
                 [gate, up], layouts[:2], saved_gu, [de, dg], [need_gate, need_up], need_X, X.dtype
             )
             del de, dg
             grads = L.grad_A(X, [gate, up], pending, grads)
         return (dX, None, None, *L.pack([*grads, g_down]))
+
+
+def _down_and_activation_backward(
+    dY: Tensor, e: Tensor, g: Tensor, down: L.Proj, layout: L.Layout, saved: list[L.Saved],
+    need: L.Proj, activation: str, dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, L.Proj]:  # fmt: skip
+    """``(de, dg, g_down)`` from the MLP's output gradient ``dY``: down's gradients and the
+    activation's input gradients.
+
+    A single dropout-free, non-DoRA adapter on down whose ``A`` is trained, on shapes
+    ``fusable_down_backward`` takes, goes through ``_down_backward``: one kernel computes
+    ``dh = dY W + dXA A`` tile by tile and ``de``, ``dg`` and ``h`` from each tile, so ``dh``
+    is never stored (``h`` takes its buffer), and cuBLAS computes ``dA = dXA^T h``. Otherwise
+    ``dh`` first (``_linear.backward_input``), then ``_gated_backward``."""
+    a = down.adapters[0] if len(down.adapters) == 1 else None
+    if a is not None and a.m is None and a.M is None and need.adapters[0].A:
+        W = down.W if layout.quant_state is None else None  # None: dequantized below
+        if fusable_down_backward(dY, W, e, g, a.A):
+            _, (g_down,), pending = L.backward_input([down], [layout], saved, [dY], [need],
+                                                     False, dtype)  # fmt: skip
+            W = L.base_weight(down.W, layout.quant_state, dtype)
+            inplace = _saved_dead_after_backward()
+            kind = _KERNEL_ACTIVATION[activation]
+            de, dg, h = down_backward(dY, W, pending[0].dXA, a.A, e, g, kind, inplace)
+            del W
+            return de, dg, L.grad_A(h, [down], pending, [g_down])[0]
+    dh, (g_down,), pending = L.backward_input([down], [layout], saved, [dY], [need], True, dtype)
+    return _gated_backward(dh.contiguous(), e, g, down, pending, g_down, activation)
 
 
 def _gated_backward(

@@ -1,0 +1,324 @@
+"""Down's input gradient with the gated activation's backward in its epilogue (Hopper, Gluon).
+
+With ``dY`` ``[M, K]`` (the MLP's output gradient), down's base weight ``W`` ``[K, N]`` (as
+``nn.Linear`` stores it: ``K`` = hidden size, ``N`` = intermediate size), its adapter's
+``dXA = s dY B`` ``[M, r]`` and ``A`` ``[r, N]``, and the forward's gate and up outputs ``e``
+and ``g`` ``[M, N]``::
+
+    dh = dY W + dXA A                       (never stored)
+    de = dh g act'(e)     dg = dh act(e)    h = act(e) g   (rounded to the activations' dtype)
+
+The MLP backward then computes down's ``dA = dXA^T h`` with cuBLAS. Separately, the ``dh``
+GEMM writes ``[M, N]`` and the activation backward reads it back; here each ``dh`` tile goes
+from the accumulator to shared memory and straight into the elementwise math. The kernel is
+persistent (one CTA per SM, output tiles grouped along M for L2 reuse) and warp-specialized:
+
+- default partition, 8 warps: the wgmma consumer. It runs each tile's K loop, ``K / 64`` steps
+  of ``dY W`` and then ``ceil(r / 64)`` of ``dXA A`` onto the same fp32 accumulator (TMA
+  zero-fills the rank past ``r``), and writes the tile, rounded to 16 bits, into one
+  ``[128, 256]`` shared buffer; then it goes on to the next tile's K loop.
+- worker 0, 1 warp: the TMA producer of a 3-stage ring of ``[128, 64]`` / ``[64, 256]`` tiles.
+- worker 1, 2 warps: the epilogue. It walks the shared tile in 16 ``[32, 64]`` subtiles in a
+  runtime loop (an unrolled one is ~220 KB of code that two warps fetch once per tile: it took
+  the kernel from 1.53 to 2.88 ms on an H100, BENCHMARKS.md, twentieth session). Per subtile
+  it loads ``e`` and ``g`` of the *next* subtile before computing this one, and stores ``de``,
+  ``dg`` and ``h``. Each element of ``e`` and ``g`` is read before it is written, so ``de``
+  and ``dg`` may overwrite them.
+
+Two epilogue warps, not four: Triton caps every partition's registers at ``65536 / threads``,
+and 8 + 1 + 4 warps (padded to 16) leaves 128, below what the ``128 x 256`` wgmma needs; 8 + 1 +
+2 warps gives 168. Measured on an H100 at ``M, N, K = 8192, 14336, 4096``, r = 16 (twentieth
+session, without the ``dXA A`` steps): 1.597 ms with cuBLAS's ``dA``, against 1.806 ms for
+cuBLAS's ``dh`` and ``activation_backward_with_dA``.
+
+Gluon is Triton's experimental tile-level dialect; its API moved between releases. This module
+is written against Triton 3.6 and 3.9 (the two names that moved are looked up below) and only
+runs on sm_90: Blackwell has no wgmma. ``fusable_down_backward`` says when it applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._gemm import _DTYPES, _aligned, _runs_here, persistent_programs
+
+try:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from lk_triton._kernels import activation_and_derivative
+
+    from ._gemm import _ACTIVATION
+
+    # Renamed after Triton 3.6 (there: async_copy_global_to_shared, thread_barrier and the
+    # shared-memory descriptor's _reinterpret).
+    _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+    _barrier = getattr(gl, "barrier", None) or gl.thread_barrier
+    _PUBLIC_REINTERPRET = gl.constexpr(hasattr(gl.shared_memory_descriptor, "reinterpret"))
+except (ImportError, AttributeError):  # no triton, or one without this Gluon API
+    gluon = None
+
+_TILE = (128, 256, 64)  # BM, BN, BK
+_STAGES = 3  # 3 x 48 KB of A/B tiles + the 64 KB dh tile: 208 KB of the 227 KB
+_GROUP_M = 8
+_MMA_WARPS = 8
+_EPILOGUE_WARPS = 2
+_WORKER_REGS = 168  # the 1 + 2 worker warps share one warpgroup: the same register count
+_SUBTILE_N = 64  # epilogue subtiles are [BM / 4, 64]: one 128-byte swizzle column block
+_INT32_LIMIT = 2**31  # the epilogue's offsets are int32
+
+
+def fusable_down_backward(dY: Tensor, W: Tensor | None, e: Tensor, g: Tensor, A: Tensor) -> bool:
+    """True when ``down_backward`` can run: Gluon's API, eager, enabled (``set_fused_gemm``),
+    an NVIDIA sm_90 GPU, one 16-bit dtype, ``M`` a multiple of 128 and ``N`` of 256 (the
+    epilogue has no masks), ``M N < 2^31``, contiguous ``e`` and ``g``, TMA-aligned ``dY``,
+    ``W`` and ``A``, a rank that is a multiple of 8 (``dXA``'s rows, 16-byte aligned for TMA).
+    ``W`` is None for a 4-bit weight, which ``_linear.base_weight`` dequantizes to a contiguous
+    ``[K, N]`` for the call."""
+    if gluon is None or not _runs_here(dY) or torch.cuda.get_device_capability(dY.device)[0] != 9:
+        return False
+    BM, BN, _ = _TILE
+    (M, K), N = dY.shape, e.shape[1]
+    operands = [dY, A] if W is None else [dY, W, A]
+    if dY.dtype not in _DTYPES or any(t.dtype != dY.dtype for t in (*operands, e, g)):
+        return False
+    if e.shape != (M, N) or g.shape != (M, N) or A.shape[1] != N or A.shape[0] % 8:
+        return False
+    if W is not None and W.shape != (K, N):
+        return False
+    if M % BM or N % BN or M * N >= _INT32_LIMIT or not (e.is_contiguous() and g.is_contiguous()):
+        return False
+    return all(_aligned(t) for t in operands)
+
+
+def down_backward(
+    dY: Tensor, W: Tensor, dXA: Tensor, A: Tensor, e: Tensor, g: Tensor, activation: str,
+    inplace: bool,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """``(de, dg, h)`` (see the module docstring); ``activation`` is ``"silu"``, ``"gelu"`` or
+    ``"gelu_tanh"``. With ``inplace``, ``de`` and ``dg`` overwrite ``e`` and ``g``. The caller
+    checks ``fusable_down_backward`` first; ``dXA`` is ``[M, r]`` in ``A``'s dtype."""
+    BM, BN, BK = _TILE
+    (M, K), N = dY.shape, W.shape[1]
+    if W.shape[0] != K or dXA.shape != (M, A.shape[0]) or not _aligned(dXA):
+        raise ValueError(
+            f"lk_autograd down_backward: W {tuple(W.shape)} must be [{K}, {N}] and dXA "
+            f"{tuple(dXA.shape)} a TMA-aligned [{M}, {A.shape[0]}]"
+        )
+    de, dg = (e, g) if inplace else (torch.empty_like(e), torch.empty_like(g))
+    h = torch.empty_like(e)
+    dtype = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[dY.dtype]
+    mk = gl.NVMMASharedLayout.get_default_for([BM, BK], dtype)
+    kn = gl.NVMMASharedLayout.get_default_for([BK, BN], dtype)
+    descs = [TensorDescriptor.from_tensor(t, [BM, BK], mk) for t in (dY, dXA)]
+    descs += [TensorDescriptor.from_tensor(t, [BK, BN], kn) for t in (W, A)]
+    tiles = (M // BM) * (N // BN)
+    args = [*descs, e, g, de, dg, h, M, N, K, A.shape[0]]
+    options = {"ACTIVATION": _ACTIVATION[activation], "STAGES": _STAGES, "GROUP": _GROUP_M,
+               "EPI_WARPS": _EPILOGUE_WARPS, "WORKER_REGS": _WORKER_REGS, "SN": _SUBTILE_N,
+               "num_warps": _MMA_WARPS}  # fmt: skip
+    _launch(min(persistent_programs(dY), tiles), args, options)
+    return de, dg, h
+
+
+def _launch(programs: int, args: Sequence[Any], options: dict[str, Any]) -> None:
+    """Through the JIT: ``lk_triton._launch`` knows Triton's descriptors, not Gluon's."""
+    _kernel[(programs,)](*args, **options)
+
+
+if gluon is not None:
+
+    @gluon.jit
+    def _tile_mn(tile_id, num_pid_m, num_pid_n, GROUP: gl.constexpr):
+        """Grouped order: GROUP row blocks share each sweep over N (L2 reuse of ``W``)."""
+        per_group = GROUP * num_pid_n
+        first_m = (tile_id // per_group) * GROUP
+        group_rows = min(num_pid_m - first_m, GROUP)
+        return first_m + (tile_id % per_group) % group_rows, (tile_id % per_group) // group_rows
+
+    @gluon.jit
+    def _load_partition(
+        dy_desc, dxa_desc, w_desc, a_desc, a_bufs, b_bufs, ready, empty, num_pid_m, num_pid_n,
+        k_tiles, r_tiles, STAGES: gl.constexpr, GROUP: gl.constexpr,
+    ):  # fmt: skip
+        """Per tile: ``k_tiles`` steps of (``dY``, ``W``), then ``r_tiles`` of (``dXA``, ``A``)."""
+        BM: gl.constexpr = dy_desc.block_type.shape[0]
+        BK: gl.constexpr = dy_desc.block_type.shape[1]
+        BN: gl.constexpr = w_desc.block_type.shape[1]
+        nbytes: gl.constexpr = dy_desc.block_type.nbytes + w_desc.block_type.nbytes
+        it = 0
+        for tile_id in range(gl.program_id(0), num_pid_m * num_pid_n, gl.num_programs(0)):
+            pid_m, pid_n = _tile_mn(tile_id, num_pid_m, num_pid_n, GROUP)
+            for kk in range(k_tiles + r_tiles):
+                s = it % STAGES
+                # The first pass over the ring waits on parity 1 of fresh barriers: at once.
+                mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)
+                mbarrier.expect(ready.index(s), nbytes)  # zero-filled bytes count too
+                if kk < k_tiles:
+                    _tma_load(dy_desc, [pid_m * BM, kk * BK], ready.index(s), a_bufs.index(s))
+                    _tma_load(w_desc, [kk * BK, pid_n * BN], ready.index(s), b_bufs.index(s))
+                else:
+                    kr = (kk - k_tiles) * BK
+                    _tma_load(dxa_desc, [pid_m * BM, kr], ready.index(s), a_bufs.index(s))
+                    _tma_load(a_desc, [kr, pid_n * BN], ready.index(s), b_bufs.index(s))
+                it += 1
+
+    @gluon.jit
+    def _mma_partition(
+        a_bufs, b_bufs, ready, empty, c_smem, c_ready, c_empty, num_pid_m, num_pid_n, steps,
+        STAGES: gl.constexpr,
+    ):  # fmt: skip
+        """Each tile's ``steps`` wgmmas into registers, then the tile into ``c_smem``."""
+        BM: gl.constexpr = c_smem.shape[0]
+        BN: gl.constexpr = c_smem.shape[1]
+        acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[gl.num_warps(), 1], instr_shape=[16, BN, 16]
+        )
+        it = 0
+        t = 0
+        for _tile in range(gl.program_id(0), num_pid_m * num_pid_n, gl.num_programs(0)):
+            acc = gl.zeros((BM, BN), dtype=gl.float32, layout=acc_layout)
+            for kk in range(steps):
+                s = it % STAGES
+                mbarrier.wait(ready.index(s), (it // STAGES) & 1)
+                acc = warpgroup_mma(
+                    a_bufs.index(s), b_bufs.index(s), acc, use_acc=kk > 0, is_async=True
+                )
+                # One wgmma in flight: the one before it (stage s - 1) is done reading.
+                acc, _, _ = warpgroup_mma_wait(1, deps=(acc, a_bufs.index(s), b_bufs.index(s)))
+                mbarrier.arrive(empty.index((it + STAGES - 1) % STAGES), count=1, pred=kk > 0)
+                it += 1
+            acc = warpgroup_mma_wait(0, deps=(acc,))
+            mbarrier.arrive(empty.index((it + STAGES - 1) % STAGES), count=1)
+            mbarrier.wait(c_empty, (t & 1) ^ 1)  # the epilogue has read the previous tile
+            c_smem.store(acc.to(c_smem.dtype))
+            _barrier()  # all 8 warps' writes before the single arrive
+            fence_async_shared()
+            mbarrier.arrive(c_ready, count=1)
+            t += 1  # noqa: SIM113 (Gluon loops have no enumerate)
+
+    @gluon.jit
+    def _epilogue_partition(
+        e_ptr, g_ptr, de_ptr, dg_ptr, h_ptr, c_smem, c_ready, c_empty, num_pid_m, num_pid_n, N,
+        ACTIVATION: gl.constexpr, SN: gl.constexpr, GROUP: gl.constexpr,
+        EPI_WARPS: gl.constexpr,
+    ):  # fmt: skip
+        """``de``, ``dg`` and ``h`` from each ``dh`` tile, one ``[BM / 4, SN]`` subtile per
+        iteration of a runtime loop. The 128-byte-swizzled ``[BM, BN]`` buffer is ``BN / SN``
+        column blocks of ``[BM, SN]`` (each row 128 bytes), so it is reinterpreted as
+        ``[NSUB, BM / 4, SN]``, column block major."""
+        BM: gl.constexpr = c_smem.shape[0]
+        BN: gl.constexpr = c_smem.shape[1]
+        SM: gl.constexpr = BM // 4
+        NR: gl.constexpr = BM // SM  # row subtiles per column block
+        NSUB: gl.constexpr = NR * (BN // SN)
+        VEC: gl.constexpr = 8
+        blk: gl.constexpr = gl.BlockedLayout(
+            [1, VEC], [32 // (SN // VEC), SN // VEC], [EPI_WARPS, 1], [1, 0]
+        )
+        sub_layout: gl.constexpr = gl.NVMMASharedLayout(128, 16, rank=2)  # leading dim: batch
+        if _PUBLIC_REINTERPRET:
+            subs = c_smem.reinterpret(c_smem.dtype, [NSUB, SM, SN], sub_layout)
+        else:
+            subs = c_smem._reinterpret(c_smem.dtype, [NSUB, SM, SN], sub_layout)
+        rows = gl.arange(0, SM, layout=gl.SliceLayout(1, blk))
+        cols = gl.arange(0, SN, layout=gl.SliceLayout(0, blk))
+        offs = gl.expand_dims(rows, 1) * N + gl.expand_dims(cols, 0)
+
+        num_tiles = num_pid_m * num_pid_n
+        pid = gl.program_id(0)
+        nprog = gl.num_programs(0)
+        pid_m, pid_n = _tile_mn(pid, num_pid_m, num_pid_n, GROUP)
+        first = pid_m * BM * N + pid_n * BN
+        e_cur = gl.load(e_ptr + first + offs, eviction_policy="evict_first")
+        g_cur = gl.load(g_ptr + first + offs, eviction_policy="evict_first")
+        t = 0
+        for tile_id in range(pid, num_tiles, nprog):
+            pid_m, pid_n = _tile_mn(tile_id, num_pid_m, num_pid_n, GROUP)
+            base = pid_m * BM * N + pid_n * BN
+            # The next tile's first subtile is prefetched in the last iteration (after this
+            # CTA's last tile, the grid's last tile: read, never used).
+            nxt_m, nxt_n = _tile_mn(
+                gl.minimum(tile_id + nprog, num_tiles - 1), num_pid_m, num_pid_n, GROUP
+            )
+            nxt_base = nxt_m * BM * N + nxt_n * BN
+            mbarrier.wait(c_ready, t & 1)
+            for j in range(NSUB):
+                jn = (j + 1) % NSUB
+                nb = gl.where(jn == 0, nxt_base, base)
+                pn = nb + (jn % NR) * SM * N + (jn // NR) * SN
+                e_nxt = gl.load(e_ptr + pn + offs, eviction_policy="evict_first")
+                g_nxt = gl.load(g_ptr + pn + offs, eviction_policy="evict_first")
+                dh = subs.index(j).load(blk).to(gl.float32)
+                ef = e_cur.to(gl.float32)
+                gf = g_cur.to(gl.float32)
+                a, da = activation_and_derivative(ef, ACTIVATION)
+                o = base + (j % NR) * SM * N + (j // NR) * SN + offs
+                gl.store(de_ptr + o, (dh * gf * da).to(de_ptr.dtype.element_ty))
+                gl.store(dg_ptr + o, (dh * a).to(dg_ptr.dtype.element_ty))
+                gl.store(h_ptr + o, (a * gf).to(h_ptr.dtype.element_ty))
+                e_cur = e_nxt
+                g_cur = g_nxt
+            _barrier()  # both warps have read the whole tile
+            mbarrier.arrive(c_empty, count=1)
+            t += 1  # noqa: SIM113 (Gluon loops have no enumerate)
+
+    @gluon.jit
+    def _kernel(
+        dy_desc, dxa_desc, w_desc, a_desc, e_ptr, g_ptr, de_ptr, dg_ptr, h_ptr, M, N, K, R,
+        ACTIVATION: gl.constexpr, STAGES: gl.constexpr, GROUP: gl.constexpr,
+        EPI_WARPS: gl.constexpr, WORKER_REGS: gl.constexpr, SN: gl.constexpr,
+    ):  # fmt: skip
+        BM: gl.constexpr = dy_desc.block_type.shape[0]
+        BK: gl.constexpr = dy_desc.block_type.shape[1]
+        BN: gl.constexpr = w_desc.block_type.shape[1]
+        dtype: gl.constexpr = dy_desc.dtype
+        a_bufs = gl.allocate_shared_memory(dtype, [STAGES, BM, BK], dy_desc.layout)
+        b_bufs = gl.allocate_shared_memory(dtype, [STAGES, BK, BN], w_desc.layout)
+        c_layout: gl.constexpr = gl.NVMMASharedLayout(128, 16)
+        c_smem = gl.allocate_shared_memory(dtype, [BM, BN], c_layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        c_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        c_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(ready.index(i), count=1)
+            mbarrier.init(empty.index(i), count=1)
+        mbarrier.init(c_ready, count=1)
+        mbarrier.init(c_empty, count=1)
+
+        num_pid_m = gl.cdiv(M, BM)
+        num_pid_n = gl.cdiv(N, BN)
+        k_tiles = gl.cdiv(K, BK)
+        r_tiles = gl.cdiv(R, BK)
+        gl.warp_specialize(
+            [
+                (_mma_partition, (a_bufs, b_bufs, ready, empty, c_smem, c_ready, c_empty,
+                                  num_pid_m, num_pid_n, k_tiles + r_tiles, STAGES)),
+                (_load_partition, (dy_desc, dxa_desc, w_desc, a_desc, a_bufs, b_bufs, ready,
+                                   empty, num_pid_m, num_pid_n, k_tiles, r_tiles, STAGES,
+                                   GROUP)),
+                (_epilogue_partition, (e_ptr, g_ptr, de_ptr, dg_ptr, h_ptr, c_smem, c_ready,
+                                       c_empty, num_pid_m, num_pid_n, N, ACTIVATION, SN, GROUP,
+                                       EPI_WARPS)),
+            ],
+            [1, EPI_WARPS],
+            [WORKER_REGS, WORKER_REGS],
+        )  # fmt: skip
+        for i in gl.static_range(STAGES):
+            mbarrier.invalidate(ready.index(i))
+            mbarrier.invalidate(empty.index(i))
+        mbarrier.invalidate(c_ready)
+        mbarrier.invalidate(c_empty)
