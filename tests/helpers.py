@@ -36,6 +36,18 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
 
 
+def assert_lk_triton_bits(value: torch.Tensor, ref: torch.Tensor, kind: str) -> None:
+    """lk_triton's bits. Exact GELU compiles its erf chain differently in the two kernels: on the
+    H100 (fifteenth session) a few elements of some shapes differed, so there at most one
+    rounding step apart, in at most one element in a thousand."""
+    if kind != "gelu":
+        assert torch.equal(value, ref)
+        return
+    assert (value != ref).float().mean().item() < 1e-3
+    eps = torch.finfo(value.dtype).eps
+    torch.testing.assert_close(value, ref, rtol=eps, atol=torch.finfo(value.dtype).tiny)
+
+
 def causal_lm_loss_in_logits_dtype(
     logits: torch.Tensor,
     labels: torch.Tensor,

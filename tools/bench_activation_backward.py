@@ -11,7 +11,9 @@ sm_90+ GPU.
 - ``--sweep``: the kernel at other tiles, warps and row chunks (the module's constants).
 - ``--ab N``: the whole MLP block (``bench_lora_blocks``' r = 16 model) with the kernel on and
   off, each captured once as a CUDA graph and their replays alternated N rounds, as graph time
-  over the dense floor timed in the same round, and the block's held and peak memory.
+  over the dense floor timed in the same round, and the block's held and peak memory. (On
+  sm_90 the MLP takes ``_down_backward`` first, where it applies, and both arms then match:
+  ``tools/bench_down_backward.py --ab`` times that route.)
 
 Writes JSON to ``$OUT/bench_activation_backward.json`` when ``OUT`` is set.
 """
@@ -21,22 +23,9 @@ import json
 import os
 
 import torch
-from bench_lora_blocks import (
-    D,
-    build,
-    capture_graph,
-    fwd_bwd,
-    graph_ms,
-    held_and_peak,
-    ours_mlp,
-    peft_mlp,
-    timed_ms,
-)
-from bench_lora_blocks import floor as mlp_floor
+from bench_lora_blocks import graph_ms, mlp_ab_rows, rows_table
 from rich.console import Console
-from rich.table import Table
 
-import lk_autograd._mlp as mlp
 from lk_autograd import _activation_backward as ab
 from lk_triton import _gated
 
@@ -95,45 +84,6 @@ def sweep_rows() -> list[dict]:
     return rows
 
 
-def ab_rows(rounds: int) -> list[dict]:
-    """The MLP block with the kernel on and off: both captured once as CUDA graphs, then their
-    replays timed in turn, ``rounds`` times each, so that the card's clock drift falls on both
-    alike; graph time over the dense floor's (timed in each round too)."""
-    m = build(16, False, False)
-    torch.manual_seed(1)
-    X = torch.randn(1, 8192, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    with torch.no_grad():
-        dYs = [torch.randn_like(peft_mlp(m, X))]
-    real = mlp.fusable_activation_dA
-    graphs, memory = {}, {}
-    try:
-        for on in (True, False):
-            mlp.fusable_activation_dA = real if on else (lambda *a: False)
-            graphs[on] = capture_graph(fwd_bwd(ours_mlp, m, X, dYs))
-            memory[on] = held_and_peak(ours_mlp, m, X, dYs)
-    finally:
-        mlp.fusable_activation_dA = real
-    floor_graph = capture_graph(mlp_floor(m, "mlp", X, dYs))
-    rows = []
-    for i in range(rounds):
-        floor_ms = timed_ms(floor_graph.replay)
-        for on in (True, False):
-            ms = timed_ms(graphs[on].replay)
-            held, peak = memory[on]
-            rows.append({"round": i, "kernel": on, "graph_ms": ms, "x_floor": ms / floor_ms,
-                         "floor_ms": floor_ms, "held_mib": held, "peak_mib": peak})  # fmt: skip
-    return rows
-
-
-def _table(title: str, rows: list[dict]) -> Table:
-    table = Table(title=title)
-    for key in rows[0]:
-        table.add_column(key)
-    for row in rows:
-        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
-    return table
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", action="store_true")
@@ -142,13 +92,14 @@ def main() -> None:
     console = Console()
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     results["kernel"] = [kernel_row(t, r) for t in (8192, 2048) for r in (8, 16, 64)]
-    console.print(_table("activation backward + down's dA (us, graph replay)", results["kernel"]))
+    title = "activation backward + down's dA (us, graph replay)"
+    console.print(rows_table(title, results["kernel"]))
     if args.sweep:
         results["sweep"] = sweep_rows()
-        console.print(_table("fused kernel, 8192 x 14336, r = 16", results["sweep"]))
+        console.print(rows_table("fused kernel, 8192 x 14336, r = 16", results["sweep"]))
     if args.ab:
-        results["ab"] = ab_rows(args.ab)
-        console.print(_table("MLP block r = 16, kernel on / off", results["ab"]))
+        results["ab"] = mlp_ab_rows(args.ab, "fusable_activation_dA")
+        console.print(rows_table("MLP block r = 16, kernel on / off", results["ab"]))
     if os.environ.get("OUT"):
         path = os.path.join(os.environ["OUT"], "bench_activation_backward.json")
         with open(path, "w") as f:

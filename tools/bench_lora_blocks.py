@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import triton
 from _blocks import Block, to_nf4
 from peft import LoraConfig, get_peft_model
+from rich.table import Table
 from torch import Tensor, nn
 
 from _peers import axolotl_lora, liger_silu_mul, unsloth_lora
@@ -247,6 +248,50 @@ def graph_ms(step: Callable[[], None]) -> float:
     del graph
     torch.cuda.empty_cache()
     return ms
+
+
+def mlp_ab_rows(rounds: int, switch: str, nf4: bool = False) -> list[dict]:
+    """The r = 16 MLP block with one of ``lk_autograd._mlp``'s routes on and off (``switch``,
+    the name of its gate function, replaced by one that says no): both captured once as CUDA
+    graphs, then their replays timed in turn, ``rounds`` times each, so that the card's clock
+    drift falls on both alike; graph time over the dense floor's (timed in each round too),
+    and the block's held and peak memory."""
+    import lk_autograd._mlp as mlp
+
+    m = build(16, nf4, False)
+    torch.manual_seed(1)
+    X = torch.randn(1, 8192, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    with torch.no_grad():
+        dYs = [torch.randn_like(peft_mlp(m, X))]
+    real = getattr(mlp, switch)
+    graphs, memory = {}, {}
+    try:
+        for on in (True, False):
+            setattr(mlp, switch, real if on else (lambda *a: False))
+            graphs[on] = capture_graph(fwd_bwd(ours_mlp, m, X, dYs))
+            memory[on] = held_and_peak(ours_mlp, m, X, dYs)
+    finally:
+        setattr(mlp, switch, real)
+    floor_graph = capture_graph(floor(m, "mlp", X, dYs))
+    rows = []
+    for i in range(rounds):
+        floor_ms = timed_ms(floor_graph.replay)
+        for on in (True, False):
+            ms = timed_ms(graphs[on].replay)
+            held, peak = memory[on]
+            rows.append({"round": i, switch: on, "graph_ms": ms, "x_floor": ms / floor_ms,
+                         "floor_ms": floor_ms, "held_mib": held, "peak_mib": peak})  # fmt: skip
+    return rows
+
+
+def rows_table(title: str, rows: list[dict]) -> Table:
+    """A rich table of ``rows`` (dicts of one set of keys), floats to four digits."""
+    table = Table(title=title)
+    for key in rows[0]:
+        table.add_column(key)
+    for row in rows:
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
+    return table
 
 
 def measure(fn: Callable, m: nn.Module, X: Tensor, dYs: list[Tensor], row: dict) -> dict:

@@ -39,12 +39,15 @@ def make_model(
     autocast_adapter_dtype: bool = True,
     seed: int = 0,
     peft_model: bool = False,
+    d: int = 16,
+    inter: int = 24,
     **config,
 ) -> nn.Module:
-    """A PEFT-wrapped ``Block`` with non-zero ``lora_B`` (and a perturbed DoRA magnitude); the
-    ``PeftModel`` itself with ``peft_model=True``."""
+    """A PEFT-wrapped ``Block`` (hidden size ``d``, MLP width ``inter``) with non-zero
+    ``lora_B`` (and a perturbed DoRA magnitude); the ``PeftModel`` itself with
+    ``peft_model=True``."""
     torch.manual_seed(seed)
-    block = Block(bias=bias).to(dtype)
+    block = Block(d, inter, bias=bias).to(dtype)
     kw = {"r": 4, "lora_alpha": 7, "target_modules": list(MLP + ATTN), "init_lora_weights": False}
     kw.update(config)
     model = get_peft_model(block, LoraConfig(**kw), autocast_adapter_dtype=autocast_adapter_dtype)
@@ -150,12 +153,12 @@ def compare(block: str, model: nn.Module, X: Tensor, *, ref_model: nn.Module | N
 def make_4bit_model(
     quant_type: str = "nf4", double_quant: bool = False, dtype: torch.dtype = torch.float32, **kw
 ) -> nn.Module:
-    """Like ``make_model`` but every base layer is a bitsandbytes ``Linear4bit`` (on the CPU),
-    wrapped by PEFT's ``lora.bnb.Linear4bit``."""
+    """Like ``make_model`` (``d`` and ``inter`` too) but every base layer is a bitsandbytes
+    ``Linear4bit`` (on the CPU), wrapped by PEFT's ``lora.bnb.Linear4bit``."""
     import bitsandbytes as bnb
 
     torch.manual_seed(kw.pop("seed", 0))
-    block = Block(bias=kw.pop("bias", False))
+    block = Block(kw.pop("d", 16), kw.pop("inter", 24), bias=kw.pop("bias", False))
     for name in MLP + ATTN:
         lin = getattr(block, name)
         q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,

@@ -1,0 +1,165 @@
+"""``_down_backward.down_backward``: down's ``dh = dY W + dXA A`` GEMM with the gated activation's
+backward in its epilogue (a Gluon kernel for NVIDIA sm_90; ``-m gpu`` on the device). Its
+compile (shared memory, no spills) is checked on the CPU by ``tests/test_hopper_compile.py``."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+import lk_autograd._mlp as mlp
+from lk_autograd import _down_backward as db
+from lk_triton import _gated
+from tests.helpers import assert_lk_triton_bits, fresh_seed, rel_err
+
+from .models import compare, make_4bit_model, make_model, peft_mlp, run
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not (
+            torch.cuda.is_available()
+            and torch.version.hip is None
+            and torch.cuda.get_device_capability()[0] == 9
+            and db.gluon is not None
+        ),
+        reason="down_backward needs an NVIDIA sm_90 GPU and Triton's Gluon",
+    ),
+]
+ACTIVATIONS = ["silu", "gelu", "gelu_tanh"]
+
+
+def _case(M, K, N, r, dtype):
+    torch.manual_seed(fresh_seed())
+    dY, W = torch.randn(M, K, device="cuda", dtype=dtype), torch.randn(K, N, device="cuda") / 64
+    dXA, A = torch.randn(M, r, device="cuda", dtype=dtype), torch.randn(r, N, device="cuda")
+    e, g = (torch.randn(M, N, device="cuda", dtype=dtype) for _ in range(2))
+    return dY, W.to(dtype), dXA, A.to(dtype), e, g
+
+
+def _act64(e, kind):
+    """``(act(e), act'(e))`` in float64."""
+    x = e.double()
+    if kind == "silu":
+        s = torch.sigmoid(x)
+        return x * s, s * (1 + x * (1 - s))
+    if kind == "gelu":
+        cdf = 0.5 * (1 + torch.erf(x / math.sqrt(2)))
+        return x * cdf, cdf + x * torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    c = math.sqrt(2 / math.pi)
+    t = torch.tanh(c * (x + 0.044715 * x**3))
+    return 0.5 * x * (1 + t), 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x)
+
+
+@pytest.mark.parametrize("kind", ACTIVATIONS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize(
+    "M, K, N, r",
+    [(8192, 4096, 14336, 16), (256, 200, 512, 72), (384, 128, 768, 8)],
+    ids=["llama-r16", "K-tail-rank72", "rank8"],
+)
+def test_against_float64(kind, dtype, M, K, N, r):
+    """``de`` and ``dg`` as close to float64 as the separate pair (``dh`` rounded once, then
+    lk_triton's backward); ``h`` is lk_triton's bits; in place over ``e`` and ``g``, the same
+    bits. Rank 72 takes two ``dXA A`` steps, K = 200 a zero-filled K tail."""
+    dY, W, dXA, A, e, g = _case(M, K, N, r, dtype)
+    assert db.fusable_down_backward(dY, W, e, g, A)
+    dh64 = dY.double() @ W.double() + dXA.double() @ A.double()
+    a, da = _act64(e, kind)
+    ref_de, ref_dg = dh64 * g.double() * da, dh64 * a
+    dh = (dY.float() @ W.float() + dXA.float() @ A.float()).to(dtype)
+    pair_h, pair_de, pair_dg = _gated.gated_backward(dh, e, g, kind, inplace=False)
+    del dh64, a, da, dh
+
+    de, dg, h = db.down_backward(dY, W, dXA, A, e, g, kind, inplace=False)
+    assert rel_err(de, ref_de) <= 1.25 * rel_err(pair_de, ref_de) + 1e-4
+    assert rel_err(dg, ref_dg) <= 1.25 * rel_err(pair_dg, ref_dg) + 1e-4
+    assert_lk_triton_bits(h, pair_h, kind)
+    e2, g2 = e.clone(), g.clone()
+    de2, dg2, h2 = db.down_backward(dY, W, dXA, A, e2, g2, kind, inplace=True)
+    assert de2 is e2 and dg2 is g2
+    assert torch.equal(de2, de) and torch.equal(dg2, dg) and torch.equal(h2, h)
+
+
+def test_fusable_rejects():
+    """What the kernel cannot take goes to the separate ``dh`` GEMM and activation backward."""
+    dY, W, _, A, e, g = _case(256, 192, 512, 16, torch.bfloat16)
+
+    def fusable(dY=dY, W=W, e=e, g=g, A=A):
+        return db.fusable_down_backward(dY, W, e, g, A)
+
+    assert fusable() and fusable(W=None)  # None: a 4-bit weight, dequantized for the call
+    assert not fusable(*(t.float() for t in (dY, W, e, g, A)))  # 32-bit
+    assert not fusable(A=A.half())  # mixed dtypes
+    assert not fusable(dY[:200], e=e[:200], g=g[:200])  # M not a multiple of 128
+    assert not fusable(W=W[:, :384], e=e[:, :384], g=g[:, :384], A=A[:, :384])  # N % 256
+    assert not fusable(e=e.t().contiguous().t())  # not contiguous
+    assert not fusable(A=A[:12])  # rank not a multiple of 8
+    assert not fusable(W=W.t().contiguous().t())  # not TMA's layout
+    assert not fusable(W=W[:100])  # W not [K, N]
+    cpu = (t.cpu() for t in (dY, W, e, g, A))
+    assert not fusable(*cpu)
+
+
+def _counted(monkeypatch):
+    calls = []
+    real = mlp.down_backward
+    monkeypatch.setattr(mlp, "down_backward", lambda *a: calls.append(a[-1]) or real(*a))
+    return calls
+
+
+@pytest.mark.parametrize("activation", ["swiglu", "geglu", "geglu_tanh"])
+@pytest.mark.parametrize("fp32_adapters", [False, True], ids=["bf16-adapters", "fp32-adapters"])
+def test_lora_mlp_takes_it(activation, fp32_adapters, monkeypatch):
+    """``LoRA_MLP`` takes the kernel once per backward (in place: the graph dies with it) and
+    matches PEFT in float64; with dropout on down it takes the separate path."""
+    calls = _counted(monkeypatch)
+    model = make_model(torch.bfloat16, r=16, d=192, inter=512,
+                       autocast_adapter_dtype=fp32_adapters).cuda()  # fmt: skip
+    ref = copy.deepcopy(model).double()
+    X = torch.randn(2, 128, 192, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+
+    def ours(m, X):
+        return mlp.apply_lora_mlp(m, X, activation)
+
+    def peft(m, X):
+        return peft_mlp(m, X, activation)
+
+    ref_X = X.detach().double().requires_grad_()
+    errs = compare("mlp", model, X, ref_model=ref, ref_X=ref_X, ours_fn=ours, peft_fn=peft)
+    assert max(errs.values()) < 2e-2, errs
+    assert calls == [True], calls
+    dropout = make_model(torch.bfloat16, r=16, d=192, inter=512, lora_dropout=0.1).cuda()
+    calls.clear()
+    run(ours, dropout, X, [torch.randn(2, 128, 192)])
+    assert calls == [], calls
+
+
+def test_retained_graph_backward_twice(monkeypatch):
+    """With ``retain_graph`` the kernel writes ``de`` and ``dg`` to new buffers: a second
+    backward reads intact ``e`` and ``g`` and doubles every gradient."""
+    calls = _counted(monkeypatch)
+    model = make_model(torch.bfloat16, r=16, d=192, inter=512).cuda()
+    X = torch.randn(256, 192, device="cuda", dtype=torch.bfloat16)
+    dY = torch.randn(256, 192, device="cuda")
+    loss = (mlp.apply_lora_mlp(model, X, "swiglu").float() * dY).sum()
+    loss.backward(retain_graph=True)
+    once = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    loss.backward()
+    assert calls == [False, False], calls
+    assert len(once) == 6  # A and B of gate, up and down
+    for n, p in model.named_parameters():
+        if n in once:
+            torch.testing.assert_close(p.grad, 2 * once[n], rtol=1e-2, atol=1e-3)
+
+
+def test_lora_mlp_4bit_takes_it(monkeypatch):
+    """An NF4 down weight is dequantized for the call; the MLP matches PEFT's bnb layers."""
+    pytest.importorskip("bitsandbytes")
+    calls = _counted(monkeypatch)
+    model = make_4bit_model("nf4", True, dtype=torch.bfloat16, r=16, d=192, inter=512).cuda()
+    X = torch.randn(2, 128, 192, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    errs = compare("mlp", model, X)
+    assert max(errs.values()) < 2e-2, errs
+    assert calls == [True], calls

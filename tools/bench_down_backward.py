@@ -1,0 +1,84 @@
+"""Down's ``dh`` GEMM with the gated activation's backward in its epilogue
+(``lk_autograd._down_backward``) against the separate route it replaces.
+
+Usage: ``python tools/bench_down_backward.py [--ab ROUNDS]`` on an NVIDIA sm_90 GPU.
+
+- Kernel: at Llama-3-8B's MLP (``dY`` ``[tokens, 4096]``, ``W`` ``[4096, 14336]``), SiLU, ranks
+  8, 16 and 64: the separate route (``_linear.input_grad``'s ``dh = dY W + dXA A``, then
+  ``activation_backward_with_dA``) against ``down_backward`` and cuBLAS's ``dA = dXA^T h``, and
+  the bare cuBLAS ``dY W`` (the floor of both). Checked first (the two routes' ``de``, ``dg``
+  and ``dA`` against each other), then timed replayed from a CUDA graph.
+- ``--ab N``: the whole MLP block (``bench_lora_blocks``' r = 16 model, bf16 and NF4) with the
+  route on and off, their CUDA graphs' replays alternated N rounds (``mlp_ab_rows``).
+
+Writes JSON to ``$OUT/bench_down_backward.json`` when ``OUT`` is set.
+"""
+
+import argparse
+import json
+import os
+
+import torch
+from bench_lora_blocks import graph_ms, mlp_ab_rows, rows_table
+from rich.console import Console
+
+from lk_autograd import _linear as L
+from lk_autograd._activation_backward import activation_backward_with_dA
+from lk_autograd._down_backward import down_backward, fusable_down_backward
+
+D, INTER = 4096, 14336
+
+
+def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((a.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def kernel_row(tokens: int, r: int) -> dict:
+    """One shape: the two routes against each other, then the floor's and both timings (us)."""
+    torch.manual_seed(0)
+    bf16 = {"device": "cuda", "dtype": torch.bfloat16}
+    dY, dXA = torch.randn(tokens, D, **bf16), torch.randn(tokens, r, **bf16)
+    W, A = torch.randn(D, INTER, **bf16) * 0.02, torch.randn(r, INTER, **bf16) * 0.02
+    e, g = torch.randn(tokens, INTER, **bf16), torch.randn(tokens, INTER, **bf16)
+    assert fusable_down_backward(dY, W, e, g, A)
+
+    def separate() -> tuple[torch.Tensor, ...]:
+        dh = L.input_grad(None, (dXA, A), [(dY, W, None)], torch.bfloat16)
+        return activation_backward_with_dA(dh, e, g, dXA, "silu", False)
+
+    def fused() -> tuple[torch.Tensor, ...]:
+        de, dg, h = down_backward(dY, W, dXA, A, e, g, "silu", False)
+        return de, dg, dXA.t() @ h
+
+    row = {"tokens": tokens, "r": r}
+    for name, a, b in zip(("de", "dg", "dA"), fused(), separate(), strict=True):
+        row[f"{name}_rel_diff"] = _rel(a, b)
+    row["floor_us"] = graph_ms(lambda: dY @ W) * 1e3
+    row["separate_us"] = graph_ms(separate) * 1e3
+    row["fused_us"] = graph_ms(fused) * 1e3
+    row["saved_us"] = row["separate_us"] - row["fused_us"]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ab", type=int, default=0, metavar="ROUNDS")
+    args = parser.parse_args()
+    console = Console()
+    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    results["kernel"] = [kernel_row(t, r) for t in (8192, 2048) for r in (8, 16, 64)]
+    console.print(rows_table("dh + activation backward + dA (us, graph replay)", results["kernel"]))
+    if args.ab:
+        for nf4 in (False, True):
+            key = "ab_nf4" if nf4 else "ab"
+            results[key] = mlp_ab_rows(args.ab, "fusable_down_backward", nf4)
+            title = f"MLP block r = 16{' NF4' if nf4 else ''}, route on / off"
+            console.print(rows_table(title, results[key]))
+    if os.environ.get("OUT"):
+        path = os.path.join(os.environ["OUT"], "bench_down_backward.json")
+        with open(path, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
