@@ -4,7 +4,9 @@
 projections; ``lora_params`` reads a PEFT LoRA layer and ``can_fuse`` says why a layer cannot
 take the fused path (then the entry points run PEFT's own forwards and warn once per module
 and reason with a ``FallbackWarning``). On NVIDIA sm_90+ GPUs, a projection's base GEMM adds its
-16-bit LoRA term in its epilogue (one Triton kernel); ``set_fused_gemm(False)`` keeps cuBLAS.
+16-bit LoRA term in its epilogue (one Triton kernel), and on sm_90 the MLP's down-projection
+input gradient feeds the activation backward from its epilogue (a Gluon kernel);
+``set_fused_gemm(False)`` keeps cuBLAS for both.
 """
 
 from ._args import FallbackWarning

@@ -27,9 +27,11 @@ persistent (one CTA per SM, output tiles grouped along M for L2 reuse) and warp-
 
 Two epilogue warps, not four: Triton caps every partition's registers at ``65536 / threads``,
 and 8 + 1 + 4 warps (padded to 16) leaves 128, below what the ``128 x 256`` wgmma needs; 8 + 1 +
-2 warps gives 168. Measured on an H100 at ``M, N, K = 8192, 14336, 4096``, r = 16 (twentieth
-session, without the ``dXA A`` steps): 1.597 ms with cuBLAS's ``dA``, against 1.806 ms for
-cuBLAS's ``dh`` and ``activation_backward_with_dA``.
+2 warps gives 168. Measured on an H100 at ``M, N, K = 8192, 14336, 4096`` (BENCHMARKS.md,
+twenty-first session, ``tools/bench_down_backward.py``): with cuBLAS's ``dA``, 1.670 ms at
+ranks 8, 16 and 64, against 1.811-1.891 ms for the separate route (``_gemm``'s ``dh``, then
+``activation_backward_with_dA``) and 1.386 ms for the bare ``dY W``; ``de`` and ``dg`` were the
+separate route's bits there.
 
 Gluon is Triton's experimental tile-level dialect; its API moved between releases. This module
 is written against Triton 3.6 and 3.9 (the two names that moved are looked up below) and only

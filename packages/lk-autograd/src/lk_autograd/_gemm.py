@@ -73,8 +73,9 @@ _enabled = True  # set_fused_gemm
 
 def set_fused_gemm(enabled: bool) -> None:
     """Turn the fused LoRA GEMM on (the default) or off for the whole process; off, every
-    projection takes cuBLAS's pair (``_linear.lora_first``), and ``dB`` and ``dXA`` cuBLAS's two
-    GEMMs (not ``_lora_grads``): a control for benchmarks and an escape hatch. Both compute the
+    projection takes cuBLAS's pair (``_linear.lora_first``), ``dB`` and ``dXA`` cuBLAS's two
+    GEMMs (not ``_lora_grads``), and the MLP's ``dh`` cuBLAS and lk_triton's activation backward
+    (not ``_down_backward``): a control for benchmarks and an escape hatch. Both compute the
     same sums; they differ in rounding only."""
     global _enabled
     _enabled = bool(enabled)

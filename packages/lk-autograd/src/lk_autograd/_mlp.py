@@ -57,8 +57,9 @@ class LoRA_MLP(torch.autograd.Function):
 
     Saved: ``X``, ``e``, ``g`` and the ``[N, r]`` LoRA intermediates (plus, only with DoRA,
     each DoRA projection's pre-scale output ``Z`` and, only with dropout, the masks). ``h`` is
-    recomputed in backward (in registers, or into ``dh``'s buffer); ``de`` and ``dg`` overwrite
-    ``e`` and ``g`` unless the graph is retained for another backward.
+    recomputed in backward (in registers, into ``dh``'s buffer, or, where ``dh`` is never
+    stored, ``_down_backward``, into a buffer of its own); ``de`` and ``dg`` overwrite ``e``
+    and ``g`` unless the graph is retained for another backward.
     """
 
     @staticmethod
