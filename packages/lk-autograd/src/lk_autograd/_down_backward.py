@@ -34,8 +34,9 @@ ranks 8, 16 and 64, against 1.811-1.891 ms for the separate route (``_gemm``'s `
 separate route's bits there.
 
 Gluon is Triton's experimental tile-level dialect; its API moved between releases. This module
-is written against Triton 3.6 and 3.9 (the two names that moved are looked up below) and only
-runs on sm_90: Blackwell has no wgmma. ``fusable_down_backward`` says when it applies.
+is written for Triton 3.6 to 3.9 (``_TRITON_VERSIONS``; the names that moved are looked up
+below) and only runs on sm_90: Blackwell has no wgmma. ``fusable_down_backward`` says when it
+applies.
 """
 
 from __future__ import annotations
@@ -48,7 +49,13 @@ from torch import Tensor
 
 from ._gemm import _DTYPES, _aligned, _runs_here, persistent_programs
 
+# The Triton releases this kernel is compiled against (tests/test_hopper_compile.py, on the CPU,
+# with 3.6, 3.7, 3.8 and 3.9; run on an H100 with 3.6). Gluon's API moves between releases:
+# elsewhere the MLP keeps the separate route.
+_TRITON_VERSIONS = ((3, 6), (3, 9))
+
 try:
+    import triton
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import (
@@ -69,7 +76,10 @@ try:
     _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
     _barrier = getattr(gl, "barrier", None) or gl.thread_barrier
     _PUBLIC_REINTERPRET = gl.constexpr(hasattr(gl.shared_memory_descriptor, "reinterpret"))
-except (ImportError, AttributeError):  # no triton, or one without this Gluon API
+    _version = tuple(int(part) for part in triton.__version__.split(".")[:2])
+    if not _TRITON_VERSIONS[0] <= _version <= _TRITON_VERSIONS[1]:
+        raise ImportError(f"Triton {triton.__version__}: Gluon API not checked")
+except (ImportError, AttributeError, ValueError):  # no triton, or an unchecked Gluon API
     gluon = None
 
 _TILE = (128, 256, 64)  # BM, BN, BK
