@@ -11,7 +11,7 @@
 # grads (tools/bench_lora_grads.py), actgrad (tools/bench_activation_backward.py: the kernel
 # table and a twelve-round MLP A/B), actsweep (its tile sweep), profile (kernel tables of the
 # QKV and MLP blocks, r=16), down (tools/bench_down_backward.py: the kernel table and a
-# six-round MLP A/B, bf16 and NF4).
+# twelve-round MLP A/B, bf16 and NF4).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit
 OUT=${OUT:-bench-results}
@@ -48,7 +48,7 @@ for s in "${steps[@]}"; do
         grads) step grads env OUT="$OUT/grads" python3 tools/bench_lora_grads.py ;;
         actgrad) step actgrad env OUT="$OUT/actgrad" python3 tools/bench_activation_backward.py \
             --ab 12 ;;
-        down) step down env OUT="$OUT/down" python3 tools/bench_down_backward.py --ab 6 ;;
+        down) step down env OUT="$OUT/down" python3 tools/bench_down_backward.py --ab 12 ;;
         actsweep) step actsweep env OUT="$OUT/actsweep" python3 tools/bench_activation_backward.py \
             --sweep ;;
         profile) step profile bash -c "python3 tools/bench_lora_blocks.py --profile qkv --ranks 16 \

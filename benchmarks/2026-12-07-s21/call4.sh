@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Twenty-first session, last GPU call (asked for an H200): the micro suite (r=16, median of 3)
+# Twenty-first session, asked for an H200 (refused; not run): the micro suite (r=16, median of 3)
 # and the 8-layer model suite at the shipped code. Logs under $OUT.
 set -uo pipefail
 export OUT
