@@ -179,3 +179,52 @@ def make_4bit_model(
             if "lora_magnitude_vector" in name:
                 p.mul_(1 + 0.2 * torch.rand_like(p))
     return model
+
+
+def count_calls(monkeypatch, module: object, name: str) -> list:
+    """Replace ``module.name`` by a wrapper that records each call's last argument (the
+    ``inplace`` flag of the MLP's backward routes) and calls through."""
+    calls: list = []
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a: calls.append(a[-1]) or real(*a))
+    return calls
+
+
+def check_mlp_route(calls: list, activation: str, fp32_adapters: bool, shape: tuple[int, ...],
+                    **dims) -> None:  # fmt: skip
+    """A bf16 ``LoRA_MLP`` (``make_model(r=..., d=..., inter=...)``, input ``shape``) matches
+    PEFT in float64 and takes the counted route once per backward, in place (the graph dies
+    with it); with dropout on down it does not take it."""
+    model = make_model(torch.bfloat16, autocast_adapter_dtype=fp32_adapters, **dims).cuda()
+    ref = copy.deepcopy(model).double()
+    X = torch.randn(*shape, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+
+    def ours(m: nn.Module, X: Tensor) -> Tensor:
+        return apply_lora_mlp(m, X, activation)
+
+    def peft(m: nn.Module, X: Tensor) -> Tensor:
+        return peft_mlp(m, X, activation)
+
+    ref_X = X.detach().double().requires_grad_()
+    errs = compare("mlp", model, X, ref_model=ref, ref_X=ref_X, ours_fn=ours, peft_fn=peft)
+    assert max(errs.values()) < 2e-2, errs
+    assert calls == [True], calls
+    dropout = make_model(torch.bfloat16, lora_dropout=0.1, **dims).cuda()
+    calls.clear()
+    run(ours, dropout, X, [torch.randn(shape)])
+    assert calls == [], calls
+
+
+def check_backward_twice(model: nn.Module, shape: tuple[int, ...]) -> dict[str, Tensor]:
+    """Two backwards over one retained graph of the bf16 SwiGLU MLP (input ``shape``) double
+    every gradient: the second reads intact saved tensors. Returns the first one's gradients."""
+    X = torch.randn(*shape, device="cuda", dtype=torch.bfloat16)
+    dY = torch.randn(*shape, device="cuda")
+    loss = (apply_lora_mlp(model, X, "swiglu").float() * dY).sum()
+    loss.backward(retain_graph=True)
+    once = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    loss.backward()
+    for n, p in model.named_parameters():
+        if n in once:
+            torch.testing.assert_close(p.grad, 2 * once[n], rtol=1e-2, atol=1e-3)
+    return once

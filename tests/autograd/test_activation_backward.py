@@ -5,8 +5,6 @@ the same kernels on float32 CPU tensors under ``TRITON_INTERPRET=1``
 (``tests/test_interpreter.py``), where CI can check the tiles' tails, the row chunks and the sum.
 """
 
-import copy
-
 import pytest
 import torch
 
@@ -15,7 +13,7 @@ from lk_autograd import _activation_backward as ab
 from lk_triton import _gated
 from tests.helpers import assert_lk_triton_bits, fresh_seed, rel_err
 
-from .models import compare, make_model, peft_mlp, run
+from .models import check_backward_twice, check_mlp_route, count_calls, make_model
 
 sm90 = pytest.mark.skipif(
     not (
@@ -117,28 +115,8 @@ def test_fusable_rejects():
 def test_lora_mlp_takes_it(activation, fp32_adapters, monkeypatch):
     """``LoRA_MLP`` takes the kernel once per backward, with bf16 adapters and PEFT's fp32 ones
     narrowed, and still matches PEFT in float64; with dropout on down it does not take it."""
-    calls = []
-    real = mlp.activation_backward_with_dA
-    monkeypatch.setattr(mlp, "activation_backward_with_dA",
-                        lambda *a: calls.append(a[-1]) or real(*a))  # fmt: skip
-    model = make_model(torch.bfloat16, r=8, autocast_adapter_dtype=fp32_adapters).cuda()
-    ref = copy.deepcopy(model).double()
-    X = torch.randn(4, 40, 16, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-
-    def ours(m, X):
-        return mlp.apply_lora_mlp(m, X, activation)
-
-    def peft(m, X):
-        return peft_mlp(m, X, activation)
-
-    ref_X = X.detach().double().requires_grad_()
-    errs = compare("mlp", model, X, ref_model=ref, ref_X=ref_X, ours_fn=ours, peft_fn=peft)
-    assert max(errs.values()) < 2e-2, errs
-    assert calls == [True], calls  # the graph dies with the backward: in place over e and g
-    dropout = make_model(torch.bfloat16, r=8, lora_dropout=0.1).cuda()
-    calls.clear()
-    run(ours, dropout, X, [torch.randn(4, 40, 16)])
-    assert calls == [], calls
+    calls = count_calls(monkeypatch, mlp, "activation_backward_with_dA")
+    check_mlp_route(calls, activation, fp32_adapters, (4, 40, 16), r=8)
 
 
 @pytest.mark.gpu
@@ -146,14 +124,4 @@ def test_lora_mlp_takes_it(activation, fp32_adapters, monkeypatch):
 def test_retained_graph_backward_twice():
     """With ``retain_graph`` the kernel writes ``de`` and ``dg`` to new buffers: a second
     backward over the same graph reads intact ``e`` and ``g`` and doubles every gradient."""
-    model = make_model(torch.bfloat16, r=8).cuda()
-    X = torch.randn(4, 40, 16, device="cuda", dtype=torch.bfloat16)
-    dY = torch.randn(4, 40, 16, device="cuda")
-    loss = (mlp.apply_lora_mlp(model, X, "swiglu").float() * dY).sum()
-    loss.backward(retain_graph=True)
-    once = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    loss.backward()
-    assert once
-    for n, p in model.named_parameters():
-        if n in once:
-            torch.testing.assert_close(p.grad, 2 * once[n], rtol=1e-2, atol=1e-3)
+    assert check_backward_twice(make_model(torch.bfloat16, r=8).cuda(), (4, 40, 16))

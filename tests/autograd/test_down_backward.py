@@ -2,7 +2,6 @@
 backward in its epilogue (a Gluon kernel for NVIDIA sm_90; ``-m gpu`` on the device). Its
 compile (shared memory, no spills) is checked on the CPU by ``tests/test_hopper_compile.py``."""
 
-import copy
 import math
 
 import pytest
@@ -13,7 +12,14 @@ from lk_autograd import _down_backward as db
 from lk_triton import _gated
 from tests.helpers import assert_lk_triton_bits, fresh_seed, rel_err
 
-from .models import compare, make_4bit_model, make_model, peft_mlp, run
+from .models import (
+    check_backward_twice,
+    check_mlp_route,
+    compare,
+    count_calls,
+    make_4bit_model,
+    make_model,
+)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -102,63 +108,30 @@ def test_fusable_rejects():
     assert not fusable(*cpu)
 
 
-def _counted(monkeypatch):
-    calls = []
-    real = mlp.down_backward
-    monkeypatch.setattr(mlp, "down_backward", lambda *a: calls.append(a[-1]) or real(*a))
-    return calls
-
-
 @pytest.mark.parametrize("activation", ["swiglu", "geglu", "geglu_tanh"])
 @pytest.mark.parametrize("fp32_adapters", [False, True], ids=["bf16-adapters", "fp32-adapters"])
 def test_lora_mlp_takes_it(activation, fp32_adapters, monkeypatch):
     """``LoRA_MLP`` takes the kernel once per backward (in place: the graph dies with it) and
     matches PEFT in float64; with dropout on down it takes the separate path."""
-    calls = _counted(monkeypatch)
-    model = make_model(torch.bfloat16, r=16, d=192, inter=512,
-                       autocast_adapter_dtype=fp32_adapters).cuda()  # fmt: skip
-    ref = copy.deepcopy(model).double()
-    X = torch.randn(2, 128, 192, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-
-    def ours(m, X):
-        return mlp.apply_lora_mlp(m, X, activation)
-
-    def peft(m, X):
-        return peft_mlp(m, X, activation)
-
-    ref_X = X.detach().double().requires_grad_()
-    errs = compare("mlp", model, X, ref_model=ref, ref_X=ref_X, ours_fn=ours, peft_fn=peft)
-    assert max(errs.values()) < 2e-2, errs
-    assert calls == [True], calls
-    dropout = make_model(torch.bfloat16, r=16, d=192, inter=512, lora_dropout=0.1).cuda()
-    calls.clear()
-    run(ours, dropout, X, [torch.randn(2, 128, 192)])
-    assert calls == [], calls
+    calls = count_calls(monkeypatch, mlp, "down_backward")
+    check_mlp_route(calls, activation, fp32_adapters, (2, 128, 192), r=16, d=192, inter=512)
 
 
 def test_retained_graph_backward_twice(monkeypatch):
     """With ``retain_graph`` the kernel writes ``de`` and ``dg`` to new buffers: a second
     backward (the graph's last: in place) reads intact ``e`` and ``g`` and doubles every
     gradient."""
-    calls = _counted(monkeypatch)
+    calls = count_calls(monkeypatch, mlp, "down_backward")
     model = make_model(torch.bfloat16, r=16, d=192, inter=512).cuda()
-    X = torch.randn(256, 192, device="cuda", dtype=torch.bfloat16)
-    dY = torch.randn(256, 192, device="cuda")
-    loss = (mlp.apply_lora_mlp(model, X, "swiglu").float() * dY).sum()
-    loss.backward(retain_graph=True)
-    once = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    loss.backward()
+    once = check_backward_twice(model, (256, 192))
     assert calls == [False, True], calls
     assert len(once) == 6  # A and B of gate, up and down
-    for n, p in model.named_parameters():
-        if n in once:
-            torch.testing.assert_close(p.grad, 2 * once[n], rtol=1e-2, atol=1e-3)
 
 
 def test_lora_mlp_4bit_takes_it(monkeypatch):
     """An NF4 down weight is dequantized for the call; the MLP matches PEFT's bnb layers."""
     pytest.importorskip("bitsandbytes")
-    calls = _counted(monkeypatch)
+    calls = count_calls(monkeypatch, mlp, "down_backward")
     model = make_4bit_model("nf4", True, dtype=torch.bfloat16, r=16, d=192, inter=512).cuda()
     X = torch.randn(2, 128, 192, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     errs = compare("mlp", model, X)
