@@ -7,7 +7,8 @@
 #   bash tools/gpu_session.sh [STEP...]     default: tests compile micro model
 #
 # Steps: tests (pytest -m gpu), compile (tests/test_hopper_compile.py under that Triton),
-# micro (r=16, bf16 and NF4), model (8 layers), model32 (32 layers, gradient checkpointing),
+# micro (r=16, bf16 and NF4; micro3: the median of 3 runs), model (8 layers), model32 (32
+# layers, gradient checkpointing),
 # grads (tools/bench_lora_grads.py), actgrad (tools/bench_activation_backward.py: the kernel
 # table and a twelve-round MLP A/B), actsweep (its tile sweep), profile (kernel tables of the
 # QKV and MLP blocks, r=16), down (tools/bench_down_backward.py: the kernel table and a
@@ -43,6 +44,8 @@ for s in "${steps[@]}"; do
         tests) step tests "${pytest[@]}" -m gpu tests/autograd tests/triton ;;
         compile) step compile "${pytest[@]}" tests/test_hopper_compile.py ;;
         micro) step micro python3 tools/bench.py --suite micro --ranks 16 --out "$OUT/micro" ;;
+        micro3) step micro3 python3 tools/bench.py --suite micro --ranks 16 --repeat 3 \
+            --out "$OUT/micro3" ;;
         model) step model python3 tools/bench.py --suite model --layers 8 --out "$OUT/model" ;;
         model32) step model32 python3 tools/bench.py --suite model --layers 32 --out "$OUT/model32" ;;
         grads) step grads env OUT="$OUT/grads" python3 tools/bench_lora_grads.py ;;
@@ -53,6 +56,6 @@ for s in "${steps[@]}"; do
             --sweep ;;
         profile) step profile bash -c "python3 tools/bench_lora_blocks.py --profile qkv --ranks 16 \
             && python3 tools/bench_lora_blocks.py --profile mlp --ranks 16" ;;
-        *) echo "unknown step $s (tests compile micro model model32 grads actgrad down actsweep profile)" && exit 2 ;;
+        *) echo "unknown step $s (tests compile micro micro3 model model32 grads actgrad down actsweep profile)" && exit 2 ;;
     esac
 done
