@@ -62,13 +62,15 @@ def _act64(e, kind):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize(
     "M, K, N, r",
-    [(8192, 4096, 14336, 16), (256, 200, 512, 72), (384, 128, 768, 8)],
-    ids=["llama-r16", "K-tail-rank72", "rank8"],
+    [(8192, 4096, 14336, 16), (300, 200, 512, 72), (384, 128, 768, 8), (2000, 256, 8192, 16)],
+    ids=["llama-r16", "M-K-tails-rank72", "rank8", "M-tail-4-tiles-per-sm"],
 )
 def test_against_float64(kind, dtype, M, K, N, r):
     """``de`` and ``dg`` as close to float64 as the separate pair (``dh`` rounded once, then
     lk_triton's backward); ``h`` is lk_triton's bits; in place over ``e`` and ``g``, the same
-    bits. Rank 72 takes two ``dXA A`` steps, K = 200 a zero-filled K tail."""
+    bits. Rank 72 takes two ``dXA A`` steps, K = 200 a zero-filled K tail; M = 300 and 2000
+    end in a part row block (masked: rows past M neither read nor written), 2000 x 8192 makes
+    512 tiles, four or so per CTA."""
     dY, W, dXA, A, e, g = _case(M, K, N, r, dtype)
     assert db.fusable_down_backward(dY, W, e, g, A)
     dh64 = dY.double() @ W.double() + dXA.double() @ A.double()
@@ -98,7 +100,8 @@ def test_fusable_rejects():
     assert fusable() and fusable(W=None)  # None: a 4-bit weight, dequantized for the call
     assert not fusable(*(t.float() for t in (dY, W, e, g, A)))  # 32-bit
     assert not fusable(A=A.half())  # mixed dtypes
-    assert not fusable(dY[:200], e=e[:200], g=g[:200])  # M not a multiple of 128
+    assert fusable(dY[:200], e=e[:200], g=g[:200])  # the last row block is masked
+    assert not fusable(dY[:100], e=e[:100], g=g[:100])  # fewer tokens than one tile's rows
     assert not fusable(W=W[:, :384], e=e[:, :384], g=g[:, :384], A=A[:, :384])  # N % 256
     assert not fusable(e=e.t().contiguous().t())  # not contiguous
     assert not fusable(A=A[:12])  # rank not a multiple of 8
@@ -112,9 +115,10 @@ def test_fusable_rejects():
 @pytest.mark.parametrize("fp32_adapters", [False, True], ids=["bf16-adapters", "fp32-adapters"])
 def test_lora_mlp_takes_it(activation, fp32_adapters, monkeypatch):
     """``LoRA_MLP`` takes the kernel once per backward (in place: the graph dies with it) and
-    matches PEFT in float64; with dropout on down it takes the separate path."""
+    matches PEFT in float64; with dropout on down it takes the separate path. 300 tokens: the
+    last row block is masked."""
     calls = count_calls(monkeypatch, mlp, "down_backward")
-    check_mlp_route(calls, activation, fp32_adapters, (2, 128, 192), r=16, d=192, inter=512)
+    check_mlp_route(calls, activation, fp32_adapters, (3, 100, 192), r=16, d=192, inter=512)
 
 
 def test_retained_graph_backward_twice(monkeypatch):

@@ -23,7 +23,8 @@ persistent (one CTA per SM, output tiles grouped along M for L2 reuse) and warp-
   the kernel from 1.53 to 2.88 ms on an H100, BENCHMARKS.md, twentieth session). Per subtile
   it loads ``e`` and ``g`` of the *next* subtile before computing this one, and stores ``de``,
   ``dg`` and ``h``. Each element of ``e`` and ``g`` is read before it is written, so ``de``
-  and ``dg`` may overwrite them.
+  and ``dg`` may overwrite them. The last row block's rows past ``M`` are masked (TMA
+  zero-fills ``dY`` and ``dXA`` there); the columns are not: ``N`` is a multiple of 256.
 
 Two epilogue warps, not four: Triton caps every partition's registers at ``65536 / threads``,
 and 8 + 1 + 4 warps (padded to 16) leaves 128, below what the ``128 x 256`` wgmma needs; 8 + 1 +
@@ -94,8 +95,9 @@ _INT32_LIMIT = 2**31  # the epilogue's offsets are int32
 
 def fusable_down_backward(dY: Tensor, W: Tensor | None, e: Tensor, g: Tensor, A: Tensor) -> bool:
     """True when ``down_backward`` can run: Gluon's API, eager, enabled (``set_fused_gemm``),
-    an NVIDIA sm_90 GPU, one 16-bit dtype, ``M`` a multiple of 128 and ``N`` of 256 (the
-    epilogue has no masks), ``M N < 2^31``, contiguous ``e`` and ``g``, TMA-aligned ``dY``,
+    an NVIDIA sm_90 GPU, one 16-bit dtype, at least 128 tokens ``M`` (one tile's rows; the
+    last tile's are masked), ``N`` a multiple of 256 (the columns are not masked: every common
+    MLP width is one), ``M N < 2^31``, contiguous ``e`` and ``g``, TMA-aligned ``dY``,
     ``W`` and ``A``, a rank that is a multiple of 8 (``dXA``'s rows, 16-byte aligned for TMA).
     ``W`` is None for a 4-bit weight, which ``_linear.base_weight`` dequantizes to a contiguous
     ``[K, N]`` for the call."""
@@ -110,7 +112,7 @@ def fusable_down_backward(dY: Tensor, W: Tensor | None, e: Tensor, g: Tensor, A:
         return False
     if W is not None and W.shape != (K, N):
         return False
-    if M % BM or N % BN or M * N >= _INT32_LIMIT or not (e.is_contiguous() and g.is_contiguous()):
+    if M < BM or N % BN or M * N >= _INT32_LIMIT or not (e.is_contiguous() and g.is_contiguous()):
         return False
     return all(_aligned(t) for t in operands)
 
@@ -136,7 +138,7 @@ def down_backward(
     kn = gl.NVMMASharedLayout.get_default_for([BK, BN], dtype)
     descs = [TensorDescriptor.from_tensor(t, [BM, BK], mk) for t in (dY, dXA)]
     descs += [TensorDescriptor.from_tensor(t, [BK, BN], kn) for t in (W, A)]
-    tiles = (M // BM) * (N // BN)
+    tiles = triton.cdiv(M, BM) * (N // BN)
     args = [*descs, e, g, de, dg, h, M, N, K, A.shape[0]]
     options = {"ACTIVATION": _ACTIVATION[activation], "STAGES": _STAGES, "GROUP": _GROUP_M,
                "EPI_WARPS": _EPILOGUE_WARPS, "WORKER_REGS": _WORKER_REGS, "SN": _SUBTILE_N,
@@ -223,8 +225,8 @@ if gluon is not None:
 
     @gluon.jit
     def _epilogue_partition(
-        e_ptr, g_ptr, de_ptr, dg_ptr, h_ptr, c_smem, c_ready, c_empty, num_pid_m, num_pid_n, N,
-        ACTIVATION: gl.constexpr, SN: gl.constexpr, GROUP: gl.constexpr,
+        e_ptr, g_ptr, de_ptr, dg_ptr, h_ptr, c_smem, c_ready, c_empty, num_pid_m, num_pid_n, M,
+        N, ACTIVATION: gl.constexpr, SN: gl.constexpr, GROUP: gl.constexpr,
         EPI_WARPS: gl.constexpr,
     ):  # fmt: skip
         """``de``, ``dg`` and ``h`` from each ``dh`` tile, one ``[BM / 4, SN]`` subtile per
@@ -248,14 +250,16 @@ if gluon is not None:
         rows = gl.arange(0, SM, layout=gl.SliceLayout(1, blk))
         cols = gl.arange(0, SN, layout=gl.SliceLayout(0, blk))
         offs = gl.expand_dims(rows, 1) * N + gl.expand_dims(cols, 0)
+        row_ids = gl.expand_dims(rows, 1)  # masks: a subtile's rows below M (TMA zero-fills dh)
 
         num_tiles = num_pid_m * num_pid_n
         pid = gl.program_id(0)
         nprog = gl.num_programs(0)
         pid_m, pid_n = _tile_mn(pid, num_pid_m, num_pid_n, GROUP)
         first = pid_m * BM * N + pid_n * BN
-        e_cur = gl.load(e_ptr + first + offs, eviction_policy="evict_first")
-        g_cur = gl.load(g_ptr + first + offs, eviction_policy="evict_first")
+        first_live = row_ids < M - pid_m * BM
+        e_cur = gl.load(e_ptr + first + offs, mask=first_live, eviction_policy="evict_first")
+        g_cur = gl.load(g_ptr + first + offs, mask=first_live, eviction_policy="evict_first")
         t = 0
         for tile_id in range(pid, num_tiles, nprog):
             pid_m, pid_n = _tile_mn(tile_id, num_pid_m, num_pid_n, GROUP)
@@ -271,16 +275,21 @@ if gluon is not None:
                 jn = (j + 1) % NSUB
                 nb = gl.where(jn == 0, nxt_base, base)
                 pn = nb + (jn % NR) * SM * N + (jn // NR) * SN
-                e_nxt = gl.load(e_ptr + pn + offs, eviction_policy="evict_first")
-                g_nxt = gl.load(g_ptr + pn + offs, eviction_policy="evict_first")
+                rows_left = gl.where(jn == 0, M - nxt_m * BM, M - pid_m * BM) - (jn % NR) * SM
+                # Each mask is made where it is used: one carried to the stores spills a
+                # GELU-tanh epilogue's registers when M is not a multiple of 16.
+                nxt_live = row_ids < rows_left
+                e_nxt = gl.load(e_ptr + pn + offs, mask=nxt_live, eviction_policy="evict_first")
+                g_nxt = gl.load(g_ptr + pn + offs, mask=nxt_live, eviction_policy="evict_first")
                 dh = subs.index(j).load(blk).to(gl.float32)
                 ef = e_cur.to(gl.float32)
                 gf = g_cur.to(gl.float32)
                 a, da = activation_and_derivative(ef, ACTIVATION)
                 o = base + (j % NR) * SM * N + (j // NR) * SN + offs
-                gl.store(de_ptr + o, (dh * gf * da).to(de_ptr.dtype.element_ty))
-                gl.store(dg_ptr + o, (dh * a).to(dg_ptr.dtype.element_ty))
-                gl.store(h_ptr + o, (a * gf).to(h_ptr.dtype.element_ty))
+                live = row_ids < M - pid_m * BM - (j % NR) * SM
+                gl.store(de_ptr + o, (dh * gf * da).to(de_ptr.dtype.element_ty), mask=live)
+                gl.store(dg_ptr + o, (dh * a).to(dg_ptr.dtype.element_ty), mask=live)
+                gl.store(h_ptr + o, (a * gf).to(h_ptr.dtype.element_ty), mask=live)
                 e_cur = e_nxt
                 g_cur = g_nxt
             _barrier()  # both warps have read the whole tile
@@ -323,8 +332,8 @@ if gluon is not None:
                                    empty, num_pid_m, num_pid_n, k_tiles, r_tiles, STAGES,
                                    GROUP)),
                 (_epilogue_partition, (e_ptr, g_ptr, de_ptr, dg_ptr, h_ptr, c_smem, c_ready,
-                                       c_empty, num_pid_m, num_pid_n, N, ACTIVATION, SN, GROUP,
-                                       EPI_WARPS)),
+                                       c_empty, num_pid_m, num_pid_n, M, N, ACTIVATION, SN,
+                                       GROUP, EPI_WARPS)),
             ],
             [1, EPI_WARPS],
             [WORKER_REGS, WORKER_REGS],
