@@ -7,7 +7,8 @@ Usage: ``python tools/bench_down_backward.py [--ab ROUNDS]`` on an NVIDIA sm_90 
   8, 16 and 64: the separate route (``_linear.input_grad``'s ``dh = dY W + dXA A``, then
   ``activation_backward_with_dA``) against ``down_backward`` and cuBLAS's ``dA = dXA^T h``, and
   the bare cuBLAS ``dY W`` (the floor of both). Checked first (the two routes' ``de``, ``dg``
-  and ``dA`` against each other), then timed replayed from a CUDA graph.
+  and ``dA`` against each other), then timed replayed from a CUDA graph; then the kernel and
+  cuBLAS's ``dA`` each alone, and the kernel on one token fewer (a masked last row block).
 - ``--ab N``: the whole MLP block (``bench_lora_blocks``' r = 16 model, bf16 and NF4) with the
   route on and off, their CUDA graphs' replays alternated N rounds (``mlp_ab_rows``).
 
@@ -57,6 +58,15 @@ def kernel_row(tokens: int, r: int) -> dict:
     row["separate_us"] = graph_ms(separate) * 1e3
     row["fused_us"] = graph_ms(fused) * 1e3
     row["saved_us"] = row["separate_us"] - row["fused_us"]
+    # The fused route's two parts alone (what folding dA into the epilogue could save), and the
+    # kernel on one token fewer (its last row block masked).
+    h = down_backward(dY, W, dXA, A, e, g, "silu", False)[2]
+    row["kernel_us"] = graph_ms(lambda: down_backward(dY, W, dXA, A, e, g, "silu", False)) * 1e3
+    row["dA_us"] = graph_ms(lambda: dXA.t() @ h) * 1e3
+    tail = [t[1:] for t in (dY, dXA, e, g)]
+    row["kernel_1_fewer_us"] = graph_ms(
+        lambda: down_backward(tail[0], W, tail[1], A, tail[2], tail[3], "silu", False)
+    ) * 1e3
     return row
 
 
