@@ -194,19 +194,21 @@ def test_activation_backward_with_dA(compiled, activation, r, dtype):
         ("silu", 16, torch.bfloat16, 256),
         ("gelu", 64, torch.bfloat16, 256),
         ("gelu_tanh", 72, torch.float16, 333),
+        ("gelu_tanh", 8, torch.float16, 333),
     ],
-    ids=["silu-r16-bf16", "gelu-r64-bf16", "gelu_tanh-r72-fp16-M333"],
+    ids=["silu-r16-bf16", "gelu-r64-bf16", "gelu_tanh-r72-fp16-M333", "gelu_tanh-r8-fp16-M333"],
 )
 def test_down_backward(compiled, activation, r, dtype, M):
     """The warp-specialized kernel: its shared memory fits, and no partition spills (a spill
     in the epilogue's loop costs its two warps more than the ``dh`` store it saves). M = 256
-    compiles the specialization that token counts divisible by 16 get, 333 the other."""
+    compiles the specialization that token counts divisible by 16 get, 333 the other; ranks 8
+    and 16 sum ``dA`` in the epilogue (then ``_sum_kernel``), 64 and 72 store ``h``."""
     K, N = 192, 512
     e, g = (_randn(M, N, dtype=dtype) for _ in range(2))
     dY, W = _randn(M, K, dtype=dtype), _randn(K, N, dtype=dtype)
     dXA, A = _randn(M, r, dtype=dtype), _randn(r, N, dtype=dtype)
     _down_backward.down_backward(dY, W, dXA, A, e, g, activation, inplace=True)
-    _check(compiled, ["_kernel"])
+    _check(compiled, ["_kernel", "_sum_kernel"] if _down_backward.fuses_dA(r) else ["_kernel"])
     assert _spill_bytes(compiled[0]) == 0
 
 

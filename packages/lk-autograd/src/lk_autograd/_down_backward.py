@@ -48,6 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._activation_backward import sum_partials
 from ._gemm import _DTYPES, _aligned, _runs_here, persistent_programs
 
 # The Triton releases this kernel is compiled against (tests/test_hopper_compile.py, on the CPU,
@@ -59,6 +60,7 @@ try:
     import triton
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.ampere import mma_v2
     from triton.experimental.gluon.language.nvidia.hopper import (
         fence_async_shared,
         mbarrier,
@@ -91,6 +93,7 @@ _EPILOGUE_WARPS = 2
 _WORKER_REGS = 168  # the 1 + 2 worker warps share one warpgroup: the same register count
 _SUBTILE_N = 64  # epilogue subtiles are [BM / 4, 64]: one 128-byte swizzle column block
 _INT32_LIMIT = 2**31  # the epilogue's offsets are int32
+_FUSED_DA_RANK = 16  # 0 turns the epilogue dA off (the h-storing route)
 
 
 def fusable_down_backward(dY: Tensor, W: Tensor | None, e: Tensor, g: Tensor, A: Tensor) -> bool:
@@ -121,30 +124,47 @@ def down_backward(
     dY: Tensor, W: Tensor, dXA: Tensor, A: Tensor, e: Tensor, g: Tensor, activation: str,
     inplace: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """``(de, dg, h)`` (see the module docstring); ``activation`` is ``"silu"``, ``"gelu"`` or
-    ``"gelu_tanh"``. With ``inplace``, ``de`` and ``dg`` overwrite ``e`` and ``g``. The caller
-    checks ``fusable_down_backward`` first; ``dXA`` is ``[M, r]`` in ``A``'s dtype."""
+    """``(de, dg, dA)`` (see the module docstring); ``activation`` is ``"silu"``, ``"gelu"`` or
+    ``"gelu_tanh"``. With ``inplace``, ``de`` and ``dg`` overwrite ``e`` and ``g``. ``dA`` is
+    in ``dXA``'s dtype: from the epilogue's partials where ``fuses_dA`` says so, else cuBLAS's
+    ``dXA^T h`` over a stored ``h``. The caller checks ``fusable_down_backward`` first; ``dXA``
+    is ``[M, r]`` in ``A``'s dtype."""
     BM, BN, BK = _TILE
-    (M, K), N = dY.shape, W.shape[1]
-    if W.shape[0] != K or dXA.shape != (M, A.shape[0]) or not _aligned(dXA):
+    (M, K), N, r = dY.shape, W.shape[1], A.shape[0]
+    if W.shape[0] != K or dXA.shape != (M, r) or not _aligned(dXA):
         raise ValueError(
             f"lk_autograd down_backward: W {tuple(W.shape)} must be [{K}, {N}] and dXA "
-            f"{tuple(dXA.shape)} a TMA-aligned [{M}, {A.shape[0]}]"
+            f"{tuple(dXA.shape)} a TMA-aligned [{M}, {r}]"
         )
     de, dg = (e, g) if inplace else (torch.empty_like(e), torch.empty_like(g))
-    h = torch.empty_like(e)
+    fused = fuses_dA(r)
+    if fused:
+        out = torch.empty(triton.cdiv(M, BM), r, N, device=e.device, dtype=torch.float32)
+    else:
+        out = torch.empty_like(e)  # h
     dtype = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[dY.dtype]
     mk = gl.NVMMASharedLayout.get_default_for([BM, BK], dtype)
     kn = gl.NVMMASharedLayout.get_default_for([BK, BN], dtype)
     descs = [TensorDescriptor.from_tensor(t, [BM, BK], mk) for t in (dY, dXA)]
     descs += [TensorDescriptor.from_tensor(t, [BK, BN], kn) for t in (W, A)]
     tiles = triton.cdiv(M, BM) * (N // BN)
-    args = [*descs, e, g, de, dg, h, M, N, K, A.shape[0]]
+    args = [*descs, e, g, de, dg, out, dXA, dXA.stride(0), M, N, K, r]
     options = {"ACTIVATION": _ACTIVATION[activation], "STAGES": _STAGES, "GROUP": _GROUP_M,
                "EPI_WARPS": _EPILOGUE_WARPS, "WORKER_REGS": _WORKER_REGS, "SN": _SUBTILE_N,
-               "num_warps": _MMA_WARPS}  # fmt: skip
+               "R": _FUSED_DA_RANK if fused else 0, "num_warps": _MMA_WARPS}  # fmt: skip
     _launch(min(persistent_programs(dY), tiles), args, options)
-    return de, dg, h
+    if not fused:
+        return de, dg, dXA.t() @ out
+    dA = torch.empty(r, N, device=e.device, dtype=dXA.dtype)
+    sum_partials(out, dA)
+    return de, dg, dA
+
+
+def fuses_dA(r: int) -> bool:
+    """Whether ``down_backward`` sums ``dA`` in its epilogue at rank ``r``: up to
+    ``_FUSED_DA_RANK``, the mma.sync accumulator's rows (one ``[16, 64]`` float32 tile is 16
+    registers of each epilogue thread; the epilogue has 168)."""
+    return r <= _FUSED_DA_RANK
 
 
 def _launch(programs: int, args: Sequence[Any], options: dict[str, Any]) -> None:
@@ -225,17 +245,20 @@ if gluon is not None:
 
     @gluon.jit
     def _epilogue_partition(
-        e_ptr, g_ptr, de_ptr, dg_ptr, h_ptr, c_smem, c_ready, c_empty, num_pid_m, num_pid_n, M,
-        N, ACTIVATION: gl.constexpr, SN: gl.constexpr, GROUP: gl.constexpr,
-        EPI_WARPS: gl.constexpr,
+        e_ptr, g_ptr, de_ptr, dg_ptr, out_ptr, dxa_ptr, dxa_stride, c_smem, c_ready, c_empty,
+        num_pid_m, num_pid_n, M, N, r, ACTIVATION: gl.constexpr, SN: gl.constexpr,
+        GROUP: gl.constexpr, EPI_WARPS: gl.constexpr, R: gl.constexpr,
     ):  # fmt: skip
         """``de``, ``dg`` and ``h`` from each ``dh`` tile, one ``[BM / 4, SN]`` subtile per
         iteration of a runtime loop. The 128-byte-swizzled ``[BM, BN]`` buffer is ``BN / SN``
         column blocks of ``[BM, SN]`` (each row 128 bytes), so it is reinterpreted as
-        ``[NSUB, BM / 4, SN]``, column block major."""
+        ``[NSUB, BM / 4, SN]``, column block major. With ``R == 0`` ``h`` is stored to
+        ``out``; otherwise ``out`` is ``[cdiv(M, BM), r, N]`` float32 and ``out[m] =
+        dXA[rows]^T h[rows]`` over row block ``m`` (an mma.sync ``[R, SN]`` accumulator over the
+        column block's ``BM / SM`` subtiles, ``dXA`` zero past rank ``r``)."""
         BM: gl.constexpr = c_smem.shape[0]
         BN: gl.constexpr = c_smem.shape[1]
-        SM: gl.constexpr = BM // 4
+        SM: gl.constexpr = BM // 8 if R > 0 else BM // 4  # dA's accumulator: half the rows
         NR: gl.constexpr = BM // SM  # row subtiles per column block
         NSUB: gl.constexpr = NR * (BN // SN)
         VEC: gl.constexpr = 8
@@ -251,6 +274,20 @@ if gluon is not None:
         cols = gl.arange(0, SN, layout=gl.SliceLayout(0, blk))
         offs = gl.expand_dims(rows, 1) * N + gl.expand_dims(cols, 0)
         row_ids = gl.expand_dims(rows, 1)  # masks: a subtile's rows below M (TMA zero-fills dh)
+        if R > 0:
+            mma: gl.constexpr = gl.NVMMADistributedLayout(
+                version=[2, 0], warps_per_cta=[1, EPI_WARPS], instr_shape=[16, 8]
+            )
+            xa_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+            h_op: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+            xa_rank = gl.expand_dims(gl.arange(0, R, layout=gl.SliceLayout(1, xa_op)), 1)
+            xa_row = gl.expand_dims(gl.arange(0, SM, layout=gl.SliceLayout(0, xa_op)), 0)
+            xa_offs = xa_row * dxa_stride + xa_rank
+            part_rank = gl.expand_dims(gl.arange(0, R, layout=gl.SliceLayout(1, mma)), 1)
+            part_offs = part_rank * N + gl.expand_dims(
+                gl.arange(0, SN, layout=gl.SliceLayout(0, mma)), 0
+            )
+            acc = gl.zeros((R, SN), dtype=gl.float32, layout=mma)
 
         num_tiles = num_pid_m * num_pid_n
         pid = gl.program_id(0)
@@ -258,8 +295,8 @@ if gluon is not None:
         pid_m, pid_n = _tile_mn(pid, num_pid_m, num_pid_n, GROUP)
         first = pid_m * BM * N + pid_n * BN
         first_live = row_ids < M - pid_m * BM
-        e_cur = gl.load(e_ptr + first + offs, mask=first_live, eviction_policy="evict_first")
-        g_cur = gl.load(g_ptr + first + offs, mask=first_live, eviction_policy="evict_first")
+        e_cur = gl.load(e_ptr + first + offs, first_live, 0.0, eviction_policy="evict_first")
+        g_cur = gl.load(g_ptr + first + offs, first_live, 0.0, eviction_policy="evict_first")
         t = 0
         for tile_id in range(pid, num_tiles, nprog):
             pid_m, pid_n = _tile_mn(tile_id, num_pid_m, num_pid_n, GROUP)
@@ -279,17 +316,30 @@ if gluon is not None:
                 # Each mask is made where it is used: one carried to the stores spills a
                 # GELU-tanh epilogue's registers when M is not a multiple of 16.
                 nxt_live = row_ids < rows_left
-                e_nxt = gl.load(e_ptr + pn + offs, mask=nxt_live, eviction_policy="evict_first")
-                g_nxt = gl.load(g_ptr + pn + offs, mask=nxt_live, eviction_policy="evict_first")
+                # Zero past M: there h = act(0) 0 = 0 adds nothing to dA.
+                e_nxt = gl.load(e_ptr + pn + offs, nxt_live, 0.0, eviction_policy="evict_first")
+                g_nxt = gl.load(g_ptr + pn + offs, nxt_live, 0.0, eviction_policy="evict_first")
                 dh = subs.index(j).load(blk).to(gl.float32)
                 ef = e_cur.to(gl.float32)
                 gf = g_cur.to(gl.float32)
                 a, da = activation_and_derivative(ef, ACTIVATION)
                 o = base + (j % NR) * SM * N + (j // NR) * SN + offs
-                live = row_ids < M - pid_m * BM - (j % NR) * SM
+                row0 = pid_m * BM + (j % NR) * SM
+                live = row_ids < M - row0
                 gl.store(de_ptr + o, (dh * gf * da).to(de_ptr.dtype.element_ty), mask=live)
                 gl.store(dg_ptr + o, (dh * a).to(dg_ptr.dtype.element_ty), mask=live)
-                gl.store(h_ptr + o, (a * gf).to(h_ptr.dtype.element_ty), mask=live)
+                h = (a * gf).to(e_ptr.dtype.element_ty)
+                if R > 0:
+                    xa_live = (xa_rank < r) & (xa_row < M - row0)
+                    xa_t = gl.load(dxa_ptr + row0 * dxa_stride + xa_offs, xa_live, 0.0)
+                    acc = gl.where(j % NR == 0, 0.0, acc)
+                    acc = mma_v2(xa_t, gl.convert_layout(h, h_op), acc)
+                    if j % NR == NR - 1:
+                        col0 = pid_n * BN + (j // NR) * SN
+                        gl.store(out_ptr + (pid_m * r) * N + col0 + part_offs, acc,
+                                 mask=part_rank < r)  # fmt: skip
+                else:
+                    gl.store(out_ptr + o, h, mask=live)
                 e_cur = e_nxt
                 g_cur = g_nxt
             _barrier()  # both warps have read the whole tile
@@ -298,9 +348,10 @@ if gluon is not None:
 
     @gluon.jit
     def _kernel(
-        dy_desc, dxa_desc, w_desc, a_desc, e_ptr, g_ptr, de_ptr, dg_ptr, h_ptr, M, N, K, R,
-        ACTIVATION: gl.constexpr, STAGES: gl.constexpr, GROUP: gl.constexpr,
-        EPI_WARPS: gl.constexpr, WORKER_REGS: gl.constexpr, SN: gl.constexpr,
+        dy_desc, dxa_desc, w_desc, a_desc, e_ptr, g_ptr, de_ptr, dg_ptr, out_ptr, dxa_ptr,
+        dxa_stride, M, N, K, r, ACTIVATION: gl.constexpr, STAGES: gl.constexpr,
+        GROUP: gl.constexpr, EPI_WARPS: gl.constexpr, WORKER_REGS: gl.constexpr,
+        SN: gl.constexpr, R: gl.constexpr,
     ):  # fmt: skip
         BM: gl.constexpr = dy_desc.block_type.shape[0]
         BK: gl.constexpr = dy_desc.block_type.shape[1]
@@ -323,7 +374,7 @@ if gluon is not None:
         num_pid_m = gl.cdiv(M, BM)
         num_pid_n = gl.cdiv(N, BN)
         k_tiles = gl.cdiv(K, BK)
-        r_tiles = gl.cdiv(R, BK)
+        r_tiles = gl.cdiv(r, BK)
         gl.warp_specialize(
             [
                 (_mma_partition, (a_bufs, b_bufs, ready, empty, c_smem, c_ready, c_empty,
@@ -331,9 +382,10 @@ if gluon is not None:
                 (_load_partition, (dy_desc, dxa_desc, w_desc, a_desc, a_bufs, b_bufs, ready,
                                    empty, num_pid_m, num_pid_n, k_tiles, r_tiles, STAGES,
                                    GROUP)),
-                (_epilogue_partition, (e_ptr, g_ptr, de_ptr, dg_ptr, h_ptr, c_smem, c_ready,
-                                       c_empty, num_pid_m, num_pid_n, M, N, ACTIVATION, SN,
-                                       GROUP, EPI_WARPS)),
+                (_epilogue_partition, (e_ptr, g_ptr, de_ptr, dg_ptr, out_ptr, dxa_ptr,
+                                       dxa_stride, c_smem, c_ready, c_empty, num_pid_m,
+                                       num_pid_n, M, N, r, ACTIVATION, SN, GROUP, EPI_WARPS,
+                                       R)),
             ],
             [1, EPI_WARPS],
             [WORKER_REGS, WORKER_REGS],

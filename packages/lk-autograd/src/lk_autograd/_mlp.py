@@ -103,8 +103,8 @@ def _down_and_activation_backward(
 
     A single dropout-free, non-DoRA adapter on down whose ``A`` is trained, on shapes
     ``fusable_down_backward`` takes, goes through ``_down_backward``: one kernel computes
-    ``dh = dY W + dXA A`` tile by tile and ``de``, ``dg`` and ``h`` from each tile, so ``dh``
-    is never stored (``h`` takes its buffer), and cuBLAS computes ``dA = dXA^T h``. Otherwise
+    ``dh = dY W + dXA A`` tile by tile and ``de``, ``dg`` and ``dA = dXA^T h`` from each tile
+    (up to rank 16; above it stores ``h`` for cuBLAS), so ``dh`` is never stored. Otherwise
     ``dh`` first (``_linear.backward_input``), then ``_gated_backward``."""
     a = down.adapters[0] if len(down.adapters) == 1 else None
     if a is not None and a.m is None and a.M is None and need.adapters[0].A:
@@ -115,9 +115,8 @@ def _down_and_activation_backward(
             W = L.base_weight(down.W, layout.quant_state, dtype)
             inplace = _saved_dead_after_backward()
             kind = _KERNEL_ACTIVATION[activation]
-            de, dg, h = down_backward(dY, W, pending[0].dXA, a.A, e, g, kind, inplace)
-            del W
-            return de, dg, L.grad_A(h, [down], pending, [g_down])[0]
+            de, dg, dA = down_backward(dY, W, pending[0].dXA, a.A, e, g, kind, inplace)
+            return de, dg, L.with_dA([g_down], {(0, 0): dA})[0]
     dh, (g_down,), pending = L.backward_input([down], [layout], saved, [dY], [need], True, dtype)
     return _gated_backward(dh.contiguous(), e, g, down, pending, g_down, activation)
 
