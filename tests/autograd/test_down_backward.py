@@ -34,6 +34,7 @@ pytestmark = [
     ),
 ]
 ACTIVATIONS = ["silu", "gelu", "gelu_tanh"]
+TAILS = pytest.mark.skipif(not db._MASKED_TAILS, reason="row masks off until GPU-checked")
 
 
 def _case(M, K, N, r, dtype):
@@ -62,8 +63,13 @@ def _act64(e, kind):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize(
     "M, K, N, r",
-    [(8192, 4096, 14336, 16), (300, 200, 512, 72), (384, 128, 768, 8), (2000, 256, 8192, 16)],
-    ids=["llama-r16", "M-K-tails-rank72", "rank8", "M-tail-4-tiles-per-sm"],
+    [
+        (8192, 4096, 14336, 16),
+        pytest.param(300, 200, 512, 72, marks=TAILS, id="M-K-tails-rank72"),
+        (384, 128, 768, 8),
+        pytest.param(2000, 256, 8192, 16, marks=TAILS, id="M-tail-4-tiles-per-sm"),
+    ],
+    ids=["llama-r16", None, "rank8", None],
 )
 def test_against_float64(kind, dtype, M, K, N, r):
     """``de``, ``dg`` and ``dA`` as close to float64 as the separate route (``dh`` rounded
@@ -93,6 +99,7 @@ def test_against_float64(kind, dtype, M, K, N, r):
     assert torch.equal(de2, de) and torch.equal(dg2, dg) and torch.equal(dA2, dA)
 
 
+@pytest.mark.skipif(not db.fuses_dA(16), reason="the epilogue's dA is off until GPU-checked")
 def test_dA_routes_agree(monkeypatch):
     """At rank 16 the epilogue's ``dA`` and cuBLAS's over a stored ``h`` (``fuses_dA`` off)
     are the same sum, to rounding; ``de`` and ``dg`` are the same bits."""
@@ -114,7 +121,7 @@ def test_fusable_rejects():
     assert fusable() and fusable(W=None)  # None: a 4-bit weight, dequantized for the call
     assert not fusable(*(t.float() for t in (dY, W, e, g, A)))  # 32-bit
     assert not fusable(A=A.half())  # mixed dtypes
-    assert fusable(dY[:200], e=e[:200], g=g[:200])  # the last row block is masked
+    assert fusable(dY[:200], e=e[:200], g=g[:200]) == db._MASKED_TAILS  # a part row block
     assert not fusable(dY[:100], e=e[:100], g=g[:100])  # fewer tokens than one tile's rows
     assert not fusable(W=W[:, :384], e=e[:, :384], g=g[:, :384], A=A[:, :384])  # N % 256
     assert not fusable(e=e.t().contiguous().t())  # not contiguous
@@ -132,7 +139,15 @@ def test_lora_mlp_takes_it(activation, fp32_adapters, monkeypatch):
     matches PEFT in float64; with dropout on down it takes the separate path. 300 tokens: the
     last row block is masked."""
     calls = count_calls(monkeypatch, mlp, "down_backward")
-    check_mlp_route(calls, activation, fp32_adapters, (3, 100, 192), r=16, d=192, inter=512)
+    check_mlp_route(
+        calls,
+        activation,
+        fp32_adapters,
+        (3, 100 if db._MASKED_TAILS else 128, 192),
+        r=16,
+        d=192,
+        inter=512,
+    )
 
 
 def test_retained_graph_backward_twice(monkeypatch):
