@@ -201,7 +201,7 @@ def test_activation_backward_with_dA(compiled, activation, r, dtype):
 def test_down_backward(compiled, activation, r, dtype, M, monkeypatch):
     """The warp-specialized kernel: its shared memory fits, and no partition spills (a spill
     in the epilogue's loop costs its two warps more than the ``dh`` store it saves). M = 256
-    compiles the specialization that token counts divisible by 16 get, 333 the other; ranks 8
+    compiles whole row blocks (no mask code), 333 a partial last one (``TAIL``); ranks 8
     and 16 sum ``dA`` in the epilogue (then ``_sum_kernel``), 64 and 72 store ``h``."""
     monkeypatch.setattr(_down_backward, "_FUSED_DA_RANK", 16)  # compiled while it is off
     K, N = 192, 512

@@ -8,7 +8,8 @@ and ``g`` ``[M, N]``::
     dh = dY W + dXA A                       (never stored)
     de = dh g act'(e)     dg = dh act(e)    h = act(e) g   (rounded to the activations' dtype)
 
-The MLP backward then computes down's ``dA = dXA^T h`` with cuBLAS. Separately, the ``dh``
+and down's ``dA = dXA^T h``: from cuBLAS over a stored ``h``, or, up to rank 16 once
+``_FUSED_DA_RANK`` is on, summed in the epilogue (``fuses_dA``). Separately, the ``dh``
 GEMM writes ``[M, N]`` and the activation backward reads it back; here each ``dh`` tile goes
 from the accumulator to shared memory and straight into the elementwise math. The kernel is
 persistent (one CTA per SM, output tiles grouped along M for L2 reuse) and warp-specialized:
@@ -23,7 +24,12 @@ persistent (one CTA per SM, output tiles grouped along M for L2 reuse) and warp-
   the kernel from 1.53 to 2.88 ms on an H100, BENCHMARKS.md, twentieth session). Per subtile
   it loads ``e`` and ``g`` of the *next* subtile before computing this one, and stores ``de``,
   ``dg`` and ``h``. Each element of ``e`` and ``g`` is read before it is written, so ``de``
-  and ``dg`` may overwrite them. The last row block's rows past ``M`` are masked (TMA
+  and ``dg`` may overwrite them. When the epilogue sums ``dA`` (``R > 0``) it walks 32
+  ``[16, 64]`` subtiles instead (32-row ones spill with the accumulator), prefetches the next
+  subtile's ``dXA^T`` rows too, and adds ``dXA[rows]^T h[rows]`` into one mma.sync ``[16, 64]``
+  float32 accumulator per column block, stored as a partial per row block and summed by
+  ``sum_partials``; ``h`` is not stored. Only where ``M`` is not a multiple of 128 (``TAIL``,
+  a specialization of its own) are the last row block's rows past ``M`` masked (TMA
   zero-fills ``dY`` and ``dXA`` there); the columns are not: ``N`` is a multiple of 256.
 
 Two epilogue warps, not four: Triton caps every partition's registers at ``65536 / threads``,
@@ -160,7 +166,8 @@ def down_backward(
     args = [*descs, e, g, de, dg, out, dXA, dXA.stride(0), M, N, K, r]
     options = {"ACTIVATION": _ACTIVATION[activation], "STAGES": _STAGES, "GROUP": _GROUP_M,
                "EPI_WARPS": _EPILOGUE_WARPS, "WORKER_REGS": _WORKER_REGS, "SN": _SUBTILE_N,
-               "R": _FUSED_DA_RANK if fused else 0, "num_warps": _MMA_WARPS}  # fmt: skip
+               "R": _FUSED_DA_RANK if fused else 0, "TAIL": M % BM != 0,
+               "num_warps": _MMA_WARPS}  # fmt: skip
     _launch(min(persistent_programs(dY), tiles), args, options)
     if not fused:
         return de, dg, dXA.t() @ out
@@ -256,7 +263,7 @@ if gluon is not None:
     def _epilogue_partition(
         e_ptr, g_ptr, de_ptr, dg_ptr, out_ptr, dxa_ptr, dxa_stride, c_smem, c_ready, c_empty,
         num_pid_m, num_pid_n, M, N, r, ACTIVATION: gl.constexpr, SN: gl.constexpr,
-        GROUP: gl.constexpr, EPI_WARPS: gl.constexpr, R: gl.constexpr,
+        GROUP: gl.constexpr, EPI_WARPS: gl.constexpr, R: gl.constexpr, TAIL: gl.constexpr,
     ):  # fmt: skip
         """``de``, ``dg`` and ``h`` from each ``dh`` tile, one ``[BM / 4, SN]`` subtile per
         iteration of a runtime loop. The 128-byte-swizzled ``[BM, BN]`` buffer is ``BN / SN``
@@ -303,9 +310,13 @@ if gluon is not None:
         nprog = gl.num_programs(0)
         pid_m, pid_n = _tile_mn(pid, num_pid_m, num_pid_n, GROUP)
         first = pid_m * BM * N + pid_n * BN
-        first_live = row_ids < M - pid_m * BM
+        first_live = _rows_below(row_ids, M - pid_m * BM, TAIL)
         e_cur = gl.load(e_ptr + first + offs, first_live, 0.0, eviction_policy="evict_first")
         g_cur = gl.load(g_ptr + first + offs, first_live, 0.0, eviction_policy="evict_first")
+        if R > 0:
+            xa_cur = _load_dxa_t(
+                dxa_ptr, xa_offs, xa_rank, xa_row, pid_m * BM, M, r, dxa_stride, TAIL
+            )
         t = 0
         for tile_id in range(pid, num_tiles, nprog):
             pid_m, pid_n = _tile_mn(tile_id, num_pid_m, num_pid_n, GROUP)
@@ -324,25 +335,29 @@ if gluon is not None:
                 rows_left = gl.where(jn == 0, M - nxt_m * BM, M - pid_m * BM) - (jn % NR) * SM
                 # Each mask is made where it is used: one carried to the stores spills a
                 # GELU-tanh epilogue's registers when M is not a multiple of 16.
-                nxt_live = row_ids < rows_left
+                nxt_live = _rows_below(row_ids, rows_left, TAIL)
                 # Zero past M: there h = act(0) 0 = 0 adds nothing to dA.
                 e_nxt = gl.load(e_ptr + pn + offs, nxt_live, 0.0, eviction_policy="evict_first")
                 g_nxt = gl.load(g_ptr + pn + offs, nxt_live, 0.0, eviction_policy="evict_first")
+                if R > 0:  # issued a subtile ahead too: its latency is not hidden otherwise
+                    row0_nxt = gl.where(jn == 0, nxt_m, pid_m) * BM + (jn % NR) * SM
+                    xa_nxt = _load_dxa_t(
+                        dxa_ptr, xa_offs, xa_rank, xa_row, row0_nxt, M, r, dxa_stride, TAIL
+                    )
                 dh = subs.index(j).load(blk).to(gl.float32)
                 ef = e_cur.to(gl.float32)
                 gf = g_cur.to(gl.float32)
                 a, da = activation_and_derivative(ef, ACTIVATION)
                 o = base + (j % NR) * SM * N + (j // NR) * SN + offs
                 row0 = pid_m * BM + (j % NR) * SM
-                live = row_ids < M - row0
+                live = _rows_below(row_ids, M - row0, TAIL)
                 gl.store(de_ptr + o, (dh * gf * da).to(de_ptr.dtype.element_ty), mask=live)
                 gl.store(dg_ptr + o, (dh * a).to(dg_ptr.dtype.element_ty), mask=live)
                 h = (a * gf).to(e_ptr.dtype.element_ty)
                 if R > 0:
-                    xa_live = (xa_rank < r) & (xa_row < M - row0)
-                    xa_t = gl.load(dxa_ptr + row0 * dxa_stride + xa_offs, xa_live, 0.0)
                     acc = gl.where(j % NR == 0, 0.0, acc)
-                    acc = mma_v2(xa_t, gl.convert_layout(h, h_op), acc)
+                    acc = mma_v2(xa_cur, gl.convert_layout(h, h_op), acc)
+                    xa_cur = xa_nxt
                     if j % NR == NR - 1:
                         col0 = pid_n * BN + (j // NR) * SN
                         gl.store(out_ptr + (pid_m * r) * N + col0 + part_offs, acc,
@@ -356,11 +371,26 @@ if gluon is not None:
             t += 1  # noqa: SIM113 (Gluon loops have no enumerate)
 
     @gluon.jit
+    def _rows_below(row_ids, bound, TAIL: gl.constexpr):
+        """``row_ids < bound`` where the last row block is partial (``TAIL``); else all true,
+        which the compiler folds away: whole row blocks run no mask code."""
+        all_rows = gl.full(row_ids.shape, 1, gl.int1, row_ids.type.layout)
+        return row_ids < bound if TAIL else all_rows
+
+    @gluon.jit
+    def _load_dxa_t(
+        dxa_ptr, xa_offs, xa_rank, xa_row, row0, M, r, dxa_stride, TAIL: gl.constexpr
+    ):  # fmt: skip
+        """``dXA[row0 : row0 + SM, :]^T``, zero past rank ``r`` and past row ``M``."""
+        live = (xa_rank < r) & _rows_below(xa_row, M - row0, TAIL)
+        return gl.load(dxa_ptr + row0 * dxa_stride + xa_offs, live, 0.0)
+
+    @gluon.jit
     def _kernel(
         dy_desc, dxa_desc, w_desc, a_desc, e_ptr, g_ptr, de_ptr, dg_ptr, out_ptr, dxa_ptr,
         dxa_stride, M, N, K, r, ACTIVATION: gl.constexpr, STAGES: gl.constexpr,
         GROUP: gl.constexpr, EPI_WARPS: gl.constexpr, WORKER_REGS: gl.constexpr,
-        SN: gl.constexpr, R: gl.constexpr,
+        SN: gl.constexpr, R: gl.constexpr, TAIL: gl.constexpr,
     ):  # fmt: skip
         BM: gl.constexpr = dy_desc.block_type.shape[0]
         BK: gl.constexpr = dy_desc.block_type.shape[1]
@@ -394,7 +424,7 @@ if gluon is not None:
                 (_epilogue_partition, (e_ptr, g_ptr, de_ptr, dg_ptr, out_ptr, dxa_ptr,
                                        dxa_stride, c_smem, c_ready, c_empty, num_pid_m,
                                        num_pid_n, M, N, r, ACTIVATION, SN, GROUP, EPI_WARPS,
-                                       R)),
+                                       R, TAIL)),
             ],
             [1, EPI_WARPS],
             [WORKER_REGS, WORKER_REGS],
