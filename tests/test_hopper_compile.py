@@ -12,11 +12,7 @@ tests' (``-m gpu``) and the interpreter's.
 
 from __future__ import annotations
 
-import re
-import subprocess
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,6 +21,7 @@ import torch
 
 from lk_autograd import _activation_backward, _down_backward, _gemm, _lora_grads, _quant_kernel
 from lk_triton import _gated
+from tools._sm90 import sm90_driver, spill_bytes
 
 triton = pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(
@@ -35,26 +32,9 @@ pytestmark = pytest.mark.skipif(
 SM90_SHARED_BYTES = 227 * 1024
 
 
-class _Sm90Driver:
-    """The three calls the JIT makes of the active driver before it compiles."""
-
-    def get_current_device(self) -> str:
-        return "sm_90 compile check"  # a device cache of its own in each JITFunction
-
-    def get_current_stream(self, device: Any) -> int:
-        return 0
-
-    def get_current_target(self) -> Any:
-        from triton.backends.compiler import GPUTarget
-
-        return GPUTarget("cuda", 90, 32)
-
-
 @pytest.fixture
 def compiled(monkeypatch) -> Iterator[list[Any]]:
     """The ``CompiledKernel`` of each launch the test makes, compiled and not run."""
-    from triton.runtime import driver
-
     kernels: list[Any] = []
 
     def compile_only(kernel, programs, args, kwargs, device) -> None:
@@ -70,10 +50,8 @@ def compiled(monkeypatch) -> Iterator[list[Any]]:
             ),
         )  # fmt: skip
     monkeypatch.setattr(_gated, "uses_triton", lambda t: True)
-    previous = driver._active  # None until something asks for the default (CUDA) driver
-    driver.set_active(_Sm90Driver())
-    yield kernels
-    driver.set_active(previous)
+    with sm90_driver():
+        yield kernels
 
 
 def _check(kernels: list[Any], names: list[str]) -> None:
@@ -210,22 +188,7 @@ def test_down_backward(compiled, activation, r, dtype, M, monkeypatch):
     dXA, A = _randn(M, r, dtype=dtype), _randn(r, N, dtype=dtype)
     _down_backward.down_backward(dY, W, dXA, A, e, g, activation, inplace=True)
     _check(compiled, ["_kernel", "_sum_kernel"] if _down_backward.fuses_dA(r) else ["_kernel"])
-    assert _spill_bytes(compiled[0]) == 0
-
-
-def _spill_bytes(kernel: Any) -> int:
-    """The spill stores and loads that Triton's bundled ``ptxas -v`` reports for the PTX
-    (``CompiledKernel.n_spills`` is only filled in when a GPU loads the cubin)."""
-    from triton.backends.nvidia.compiler import get_ptxas
-
-    with tempfile.TemporaryDirectory() as d:
-        src = Path(d, "kernel.ptx")
-        src.write_text(kernel.asm["ptx"])
-        cmd = [get_ptxas(90).path, "-v", "--gpu-name=sm_90a", str(src), "-o", str(Path(d, "k"))]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    spills = re.findall(r"(\d+) bytes spill (?:stores|loads)", out.stdout + out.stderr)
-    assert spills, out.stdout + out.stderr
-    return sum(map(int, spills))
+    assert spill_bytes(compiled[0]) == 0
 
 
 @pytest.mark.parametrize("nested", [False, True], ids=["absmax", "nested-absmax"])

@@ -1,7 +1,8 @@
 """Down's ``dh`` GEMM with the gated activation's backward in its epilogue
 (``lk_autograd._down_backward``) against the separate route it replaces.
 
-Usage: ``python tools/bench_down_backward.py [--ab ROUNDS]`` on an NVIDIA sm_90 GPU.
+Usage: ``python tools/bench_down_backward.py [--ab ROUNDS] [--activations silu gelu gelu_tanh]``
+on an NVIDIA sm_90 GPU.
 
 - Kernel: at Llama-3-8B's MLP (``dY`` ``[tokens, 4096]``, ``W`` ``[4096, 14336]``), SiLU, ranks
   8, 16 and 64: the separate route (``_linear.input_grad``'s ``dh = dY W + dXA A``, then
@@ -10,6 +11,8 @@ Usage: ``python tools/bench_down_backward.py [--ab ROUNDS]`` on an NVIDIA sm_90 
   session's route), and the bare cuBLAS ``dY W`` (the floor of all). Checked first (the
   routes' ``de``, ``dg`` and ``dA`` against each other), then timed replayed from a CUDA
   graph; then ``down_backward`` on one token fewer (a masked last row block).
+- ``--activations``: the same at 8192 tokens, r = 16 for GELU (exact, tanh) too. The MLP does
+  not route them through the kernel yet (``_TIMED_ACTIVATIONS``); these rows decide it.
 - ``--ab N [--switch fuses_dA|fusable_down_backward]``: the whole MLP block
   (``bench_lora_blocks``' r = 16 model, bf16 and NF4) with that gate on and off, their CUDA
   graphs' replays alternated N rounds (``mlp_ab_rows``).
@@ -37,32 +40,32 @@ def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
     return ((a.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
-def kernel_row(tokens: int, r: int) -> dict:
+def kernel_row(tokens: int, r: int, activation: str = "silu") -> dict:
     """One shape: the two routes against each other, then the floor's and both timings (us)."""
     torch.manual_seed(0)
     bf16 = {"device": "cuda", "dtype": torch.bfloat16}
     dY, dXA = torch.randn(tokens, D, **bf16), torch.randn(tokens, r, **bf16)
     W, A = torch.randn(D, INTER, **bf16) * 0.02, torch.randn(r, INTER, **bf16) * 0.02
     e, g = torch.randn(tokens, INTER, **bf16), torch.randn(tokens, INTER, **bf16)
-    assert fusable_down_backward(dY, W, e, g, A)
+    assert fusable_down_backward(dY, W, e, g, A, "silu")  # the shapes (GELU's are not timed)
 
     def separate() -> tuple[torch.Tensor, ...]:
         dh = L.input_grad(None, (dXA, A), [(dY, W, None)], torch.bfloat16)
-        return activation_backward_with_dA(dh, e, g, dXA, "silu", False)
+        return activation_backward_with_dA(dh, e, g, dXA, activation, False)
 
     def fused() -> tuple[torch.Tensor, ...]:
-        return down_backward(dY, W, dXA, A, e, g, "silu", False)
+        return down_backward(dY, W, dXA, A, e, g, activation, False)
 
     def stored_h() -> tuple[torch.Tensor, ...]:
         """The twenty-first session's route: the kernel stores h, cuBLAS sums dA."""
         real = db.fuses_dA
         db.fuses_dA = lambda r: False
         try:
-            return down_backward(dY, W, dXA, A, e, g, "silu", False)
+            return down_backward(dY, W, dXA, A, e, g, activation, False)
         finally:
             db.fuses_dA = real
 
-    row = {"tokens": tokens, "r": r}
+    row = {"activation": activation, "tokens": tokens, "r": r}
     for name, a, b in zip(("de", "dg", "dA"), fused(), separate(), strict=True):
         row[f"{name}_rel_diff"] = _rel(a, b)
     row["floor_us"] = graph_ms(lambda: dY @ W) * 1e3
@@ -72,7 +75,7 @@ def kernel_row(tokens: int, r: int) -> dict:
     row["saved_us"] = row["separate_us"] - row["fused_us"]
     tail = [t[1:] for t in (dY, dXA, e, g)]  # one token fewer: the last row block masked
     row["fused_1_fewer_us"] = (
-        graph_ms(lambda: down_backward(tail[0], W, tail[1], A, tail[2], tail[3], "silu", False))
+        graph_ms(lambda: down_backward(tail[0], W, tail[1], A, tail[2], tail[3], activation, False))
         * 1e3
     )
     return row
@@ -82,12 +85,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ab", type=int, default=0, metavar="ROUNDS")
     parser.add_argument(
+        "--activations", nargs="+", default=["silu"], choices=["silu", "gelu", "gelu_tanh"]
+    )
+    parser.add_argument(
         "--switch", default="fuses_dA", choices=["fuses_dA", "fusable_down_backward"]
     )
     args = parser.parse_args()
     console = Console()
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     results["kernel"] = [kernel_row(t, r) for t in (8192, 2048) for r in (8, 16, 64)]
+    results["kernel"] += [kernel_row(8192, 16, a) for a in args.activations if a != "silu"]
     console.print(rows_table("dh + activation backward + dA (us, graph replay)", results["kernel"]))
     if args.ab:
         for nf4 in (False, True):

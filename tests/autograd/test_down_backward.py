@@ -79,7 +79,7 @@ def test_against_float64(kind, dtype, M, K, N, r):
     block (masked: rows past M neither read, written nor summed), 2000 x 8192 makes 512 tiles,
     four or so per CTA."""
     dY, W, dXA, A, e, g = _case(M, K, N, r, dtype)
-    assert db.fusable_down_backward(dY, W, e, g, A)
+    assert db.fusable_down_backward(dY, W, e, g, A, "silu")  # shapes the kernel takes
     dh64 = dY.double() @ W.double() + dXA.double() @ A.double()
     a, da = _act64(e, kind)
     ref_de, ref_dg, ref_dA = dh64 * g.double() * da, dh64 * a, dXA.double().t() @ (a * g.double())
@@ -115,12 +115,14 @@ def test_fusable_rejects():
     """What the kernel cannot take goes to the separate ``dh`` GEMM and activation backward."""
     dY, W, _, A, e, g = _case(256, 192, 512, 16, torch.bfloat16)
 
-    def fusable(dY=dY, W=W, e=e, g=g, A=A):
-        return db.fusable_down_backward(dY, W, e, g, A)
+    def fusable(dY=dY, W=W, e=e, g=g, A=A, activation="silu"):
+        return db.fusable_down_backward(dY, W, e, g, A, activation)
 
     assert fusable() and fusable(W=None)  # None: a 4-bit weight, dequantized for the call
     assert not fusable(*(t.float() for t in (dY, W, e, g, A)))  # 32-bit
     assert not fusable(A=A.half())  # mixed dtypes
+    for activation in ("gelu", "gelu_tanh"):  # not timed yet: the separate route
+        assert fusable(activation=activation) == (activation in db._TIMED_ACTIVATIONS)
     assert fusable(dY[:200], e=e[:200], g=g[:200]) == db._MASKED_TAILS  # a part row block
     assert not fusable(dY[:100], e=e[:100], g=g[:100])  # fewer tokens than one tile's rows
     assert not fusable(W=W[:, :384], e=e[:, :384], g=g[:, :384], A=A[:, :384])  # N % 256
@@ -137,7 +139,9 @@ def test_fusable_rejects():
 def test_lora_mlp_takes_it(activation, fp32_adapters, monkeypatch):
     """``LoRA_MLP`` takes the kernel once per backward (in place: the graph dies with it) and
     matches PEFT in float64; with dropout on down it takes the separate path. 300 tokens: the
-    last row block is masked."""
+    last row block is masked. Every activation is let through (GELU's are off by default:
+    ``_TIMED_ACTIVATIONS``)."""
+    monkeypatch.setattr(db, "_TIMED_ACTIVATIONS", ("silu", "gelu", "gelu_tanh"))
     calls = count_calls(monkeypatch, mlp, "down_backward")
     check_mlp_route(
         calls,

@@ -104,17 +104,28 @@ _INT32_LIMIT = 2**31  # the epilogue's offsets are int32
 # token counts that are not a multiple of 128. The tests for both skip while they are off.
 _FUSED_DA_RANK = 0
 _MASKED_TAILS = False
+# The activations whose kernel was timed faster than the separate route: SiLU (twenty-first
+# session). The two epilogue warps set the kernel's time, and GELU's loops issue 1.4x (tanh)
+# and 1.9x (erf) SiLU's instructions per tile (tools/sass_loops.py, twenty-third session):
+# they take the separate route until `tools/bench_down_backward.py --activations` shows
+# them faster on a GPU.
+_TIMED_ACTIVATIONS = ("silu",)
 
 
-def fusable_down_backward(dY: Tensor, W: Tensor | None, e: Tensor, g: Tensor, A: Tensor) -> bool:
-    """True when ``down_backward`` can run: Gluon's API, eager, enabled (``set_fused_gemm``),
+def fusable_down_backward(
+    dY: Tensor, W: Tensor | None, e: Tensor, g: Tensor, A: Tensor, activation: str
+) -> bool:
+    """True when ``down_backward`` can run and is known to be faster: an ``activation`` in
+    ``_TIMED_ACTIVATIONS``, Gluon's API, eager, enabled (``set_fused_gemm``),
     an NVIDIA sm_90 GPU, one 16-bit dtype, at least 128 tokens ``M`` (one tile's rows; the
     last tile's are masked), ``N`` a multiple of 256 (the columns are not masked: every common
     MLP width is one), ``M N < 2^31``, contiguous ``e`` and ``g``, TMA-aligned ``dY``,
     ``W`` and ``A``, a rank that is a multiple of 8 (``dXA``'s rows, 16-byte aligned for TMA).
     ``W`` is None for a 4-bit weight, which ``_linear.base_weight`` dequantizes to a contiguous
     ``[K, N]`` for the call."""
-    if gluon is None or not _runs_here(dY) or torch.cuda.get_device_capability(dY.device)[0] != 9:
+    if activation not in _TIMED_ACTIVATIONS or gluon is None or not _runs_here(dY):
+        return False
+    if torch.cuda.get_device_capability(dY.device)[0] != 9:
         return False
     BM, BN, _ = _TILE
     (M, K), N = dY.shape, e.shape[1]

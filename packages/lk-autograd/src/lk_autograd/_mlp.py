@@ -101,20 +101,20 @@ def _down_and_activation_backward(
     """``(de, dg, g_down)`` from the MLP's output gradient ``dY``: down's gradients and the
     activation's input gradients.
 
-    A single dropout-free, non-DoRA adapter on down whose ``A`` is trained, on shapes
-    ``fusable_down_backward`` takes, goes through ``_down_backward``: one kernel computes
+    A single dropout-free, non-DoRA adapter on down whose ``A`` is trained, on shapes and an
+    activation ``fusable_down_backward`` takes, goes through ``_down_backward``: one kernel computes
     ``dh = dY W + dXA A`` tile by tile and ``de``, ``dg`` and ``dA = dXA^T h`` from each tile
     (up to rank 16; above it stores ``h`` for cuBLAS), so ``dh`` is never stored. Otherwise
     ``dh`` first (``_linear.backward_input``), then ``_gated_backward``."""
     a = down.adapters[0] if len(down.adapters) == 1 else None
     if a is not None and a.m is None and a.M is None and need.adapters[0].A:
         W = down.W if layout.quant_state is None else None  # None: dequantized below
-        if fusable_down_backward(dY, W, e, g, a.A):
+        kind = _KERNEL_ACTIVATION[activation]
+        if fusable_down_backward(dY, W, e, g, a.A, kind):
             _, (g_down,), pending = L.backward_input([down], [layout], saved, [dY], [need],
                                                      False, dtype)  # fmt: skip
             W = L.base_weight(down.W, layout.quant_state, dtype)
             inplace = _saved_dead_after_backward()
-            kind = _KERNEL_ACTIVATION[activation]
             de, dg, dA = down_backward(dY, W, pending[0].dXA, a.A, e, g, kind, inplace)
             return de, dg, L.with_dA([g_down], {(0, 0): dA})[0]
     dh, (g_down,), pending = L.backward_input([down], [layout], saved, [dY], [need], True, dtype)

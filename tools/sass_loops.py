@@ -1,0 +1,100 @@
+"""The epilogue loop of ``down_backward``'s kernel, counted in SASS, compiled on the CPU.
+
+Usage: ``uv run tools/sass_loops.py`` (``uv run --with triton==3.6.0 ...`` for the GPU
+machine's release). No GPU needed: the kernel is compiled for sm_90 and disassembled by the
+tools Triton bundles (``tools/_sm90.py``).
+
+Where the epilogue's two warps take longer per ``[128, 256]`` tile than the mainloop, they set
+the kernel's time, and their time follows the instructions they issue per tile (BENCHMARKS.md:
+rolling the loop took the kernel from 2.88 to 1.53 ms; storing ``h``, ~3% more instructions,
+cost 65 us). So the instructions per tile of each variant are the CPU's forecast of which is
+faster, to be checked on a GPU. For each activation, epilogue mode (``h`` stored for cuBLAS's
+``dA``, or ``dA`` summed in the epilogue) and row blocks (whole, or a partial last one):
+spill bytes, then the subtile loop (the innermost loop that both loads and stores global
+memory): its instructions per iteration and per tile, and its mix.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from unittest import mock
+
+import torch
+from _sm90 import sass, sm90_driver, spill_bytes
+from rich.console import Console
+from rich.table import Table
+
+from lk_autograd import _activation_backward
+from lk_autograd import _down_backward as db
+
+MIX = ("MUFU", "LDG", "STG", "LDS", "LDSM", "STS", "BAR", "HMMA")
+
+
+def compile_kernel(activation: str, fused_dA: bool, tokens: int, r: int = 16):
+    """The ``CompiledKernel`` ``down_backward`` would launch for these operands (small ``K``
+    and ``N``: the code depends on their divisibility by 16, not on their size)."""
+    K, N = 192, 512
+    dY, W, dXA, A, e, g = (
+        torch.randn(*shape).to(torch.bfloat16)
+        for shape in ((tokens, K), (K, N), (tokens, r), (r, N), (tokens, N), (tokens, N))
+    )
+    kernels = []
+
+    def compile_only(programs, args, kwargs):
+        kernels.append(db._kernel.warmup(*args, grid=(programs,), **kwargs))
+
+    with (
+        sm90_driver(),
+        mock.patch.object(db, "_launch", compile_only),
+        mock.patch.object(_activation_backward, "launch", lambda *a: None),  # sum_partials
+        mock.patch.object(db, "_FUSED_DA_RANK", 16 if fused_dA else 0),
+    ):
+        db.down_backward(dY, W, dXA, A, e, g, activation, inplace=True)
+    return kernels[0]
+
+
+def subtile_loop(instructions: list[tuple[int, str]]) -> list[str]:
+    """The shortest loop (a branch back to an earlier address) that has both a global load
+    and a global store: the epilogue's loop over subtiles."""
+    where = {address: i for i, (address, _) in enumerate(instructions)}
+    loops = []
+    for i, (address, text) in enumerate(instructions):
+        target = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", text)
+        if target and int(target.group(1), 16) in where and int(target.group(1), 16) <= address:
+            body = [t for _, t in instructions[where[int(target.group(1), 16)] : i + 1]]
+            if any(" LDG" in f" {t}" for t in body) and any(" STG" in f" {t}" for t in body):
+                loops.append(body)
+    return min(loops, key=len)
+
+
+def opcode(instruction: str) -> str:
+    """``@!P3 LDG.E.EF.128 R52, ...`` -> ``LDG``."""
+    return re.sub(r"^@!?U?P\w+\s+", "", instruction).split()[0].split(".")[0]
+
+
+def main() -> None:
+    import triton
+
+    BM, BN, _ = db._TILE
+    table = Table(title=f"down_backward's epilogue loop, sm_90, Triton {triton.__version__}")
+    for column in ("activation", "epilogue", "rows", "spills", "per subtile", "per tile", *MIX):
+        table.add_column(column)
+    for activation in ("silu", "gelu", "gelu_tanh"):
+        for fused_dA in (False, True):
+            for tokens in (256, 333):
+                kernel = compile_kernel(activation, fused_dA, tokens)
+                loop = subtile_loop(sass(kernel))
+                mix = Counter(map(opcode, loop))
+                rows = BM // 8 if fused_dA else BM // 4  # the kernel's SM
+                per_tile = len(loop) * (BM // rows) * (BN // db._SUBTILE_N)
+                table.add_row(
+                    activation, "dA summed" if fused_dA else "h stored",
+                    "partial" if tokens % BM else "whole", str(spill_bytes(kernel)),
+                    str(len(loop)), f"{per_tile:,}", *(str(mix[op]) for op in MIX),
+                )  # fmt: skip
+    Console(width=150).print(table)
+
+
+if __name__ == "__main__":
+    main()
