@@ -74,6 +74,17 @@ def test_gated_activation(compiled, kind, dtype):
     _check(compiled, ["gated_forward_kernel", "gated_backward_kernel"])
 
 
+@pytest.mark.parametrize("kind", ["silu", "gelu_tanh"])
+def test_fast_sigmoid(compiled, kind):
+    """Float32 sigmoids take the hardware's flush-to-zero approximations (``_kernels._sigmoid``;
+    ``tests/triton/test_kernels.py`` checks their bits on a GPU), not ``div.full``."""
+    gate, up = _randn(333, 40), _randn(333, 40)
+    _gated.gated_backward(gate.clone(), gate, up, kind, inplace=False, store_h=False)
+    ptx = compiled[0].asm["ptx"]
+    assert "ex2.approx.ftz.f32" in ptx and "div.approx.ftz.f32" in ptx
+    assert "div.full.f32" not in ptx
+
+
 def test_gated_activation_int64_offsets(compiled, monkeypatch):
     """Past 2^31 elements the offsets are int64 (``INT64``); the bound lowered to reach it."""
     monkeypatch.setattr(_gated, "_INT32_LIMIT", 0)

@@ -9,6 +9,14 @@ from hypothesis import strategies as st
 import lk_triton
 from tests.helpers import DEVICES, TOLERANCE, rel_err
 
+try:  # the raw kernels; triton is a Linux-only dependency
+    import triton
+    import triton.language as tl
+
+    from lk_triton import _kernels
+except ImportError:
+    triton = None
+
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 # (name, forward, backward, float64 reference of act(g)); one entry per activation.
@@ -173,3 +181,34 @@ def test_more_than_2_31_elements():
     h, dgate, dup = lk_triton.swiglu_backward(dh, gate, up)
     for out, ref in [(h, ref_h), (dgate, ref_dgate), (dup, ref_dup)]:
         assert rel_err(out[tail], ref) < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    triton is None or not torch.cuda.is_available() or torch.version.hip is not None,
+    reason="the fast sigmoid is NVIDIA's (CUDA only)",
+)
+def test_fast_sigmoid_same_bits():
+    """``_sigmoid``'s fast float32 path gives ``tl.sigmoid``'s bits wherever ``x > -87.33``
+    (``1 + e^-x < 2^126``), on every finite bfloat16 value and 2^24 random floats in
+    [-100, 100]; below, both are at most ``2^-126``."""
+    assert _kernels._FAST_SIGMOID
+    bf16 = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    x = torch.cat([bf16.float(), torch.empty(2**24).uniform_(-100, 100)]).cuda()
+    x = x[torch.isfinite(x)]
+    fast, ref = torch.empty_like(x), torch.empty_like(x)
+    _both_sigmoids[(triton.cdiv(x.numel(), 1024),)](x, fast, ref, x.numel(), BLOCK=1024)
+    same = x > -87.33
+    assert torch.equal(fast[same].view(torch.int32), ref[same].view(torch.int32))
+    assert fast[~same].max() <= 2**-126 and ref[~same].max() <= 2**-126
+
+
+if triton is not None:
+
+    @triton.jit
+    def _both_sigmoids(x_ptr, fast_ptr, ref_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        live = offs < n
+        x = tl.load(x_ptr + offs, live)
+        tl.store(fast_ptr + offs, _kernels._sigmoid(x), live)
+        tl.store(ref_ptr + offs, tl.sigmoid(x), live)
