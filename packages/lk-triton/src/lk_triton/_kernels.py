@@ -15,7 +15,7 @@ GELU_TANH: tl.constexpr = tl.constexpr(2)
 
 _SQRT1_2: tl.constexpr = tl.constexpr(0.7071067811865476)  # 1 / sqrt(2)
 _INV_SQRT_2PI: tl.constexpr = tl.constexpr(0.3989422804014327)  # 1 / sqrt(2 pi)
-_SQRT_2_OVER_PI: tl.constexpr = tl.constexpr(0.7978845608028654)  # sqrt(2 / pi)
+_2_SQRT_2_OVER_PI: tl.constexpr = tl.constexpr(1.5957691216057308)  # 2 sqrt(2 / pi)
 _TANH_CUBIC: tl.constexpr = tl.constexpr(0.044715)
 # ``_sigmoid``'s fast float32 path: on NVIDIA GPUs; not in the interpreter (no libdevice), not
 # on ROCm (whose approximations were not compared).
@@ -55,12 +55,12 @@ def activation_and_derivative(g, ACTIVATION: tl.constexpr):
         a = g * cdf
         da = cdf + g * tl.exp(-0.5 * g * g) * _INV_SQRT_2PI
     else:
-        inner = _SQRT_2_OVER_PI * (g + _TANH_CUBIC * g * g * g)
-        t = 2.0 * _sigmoid(2.0 * inner) - 1.0  # tanh(inner), without libdevice's tanh
-        a = 0.5 * g * (1.0 + t)
-        da = 0.5 * (1.0 + t) + 0.5 * g * (1.0 - t * t) * _SQRT_2_OVER_PI * (
-            1.0 + 3.0 * _TANH_CUBIC * g * g
-        )
+        # With u = sqrt(2 / pi) (g + c g^3) and s = sigmoid(2 u) = (1 + tanh u) / 2:
+        # act = g s, and act' = s + g (1 - tanh^2 u) u' / 2 = s + 2 g s (1 - s) u'.
+        g2 = g * g
+        s = _sigmoid(g * (1.0 + _TANH_CUBIC * g2) * _2_SQRT_2_OVER_PI)
+        a = g * s
+        da = s + g * s * (1.0 - s) * (1.0 + 3.0 * _TANH_CUBIC * g2) * _2_SQRT_2_OVER_PI
     return a, da
 
 
