@@ -11,8 +11,8 @@ on an NVIDIA sm_90 GPU.
   session's route), and the bare cuBLAS ``dY W`` (the floor of all). Checked first (the
   routes' ``de``, ``dg`` and ``dA`` against each other), then timed replayed from a CUDA
   graph; then ``down_backward`` on one token fewer (a masked last row block).
-- ``--activations``: the same at 8192 tokens, r = 16 for GELU (exact, tanh) too. The MLP does
-  not route them through the kernel yet (``_TIMED_ACTIVATIONS``); these rows decide it.
+- ``--activations``: the same at 8192 tokens, r = 16 for GELU (exact, tanh) too: the rows
+  behind ``_TIMED_ACTIVATIONS``.
 - ``--ab N [--switch fuses_dA|fusable_down_backward]``: the whole MLP block
   (``bench_lora_blocks``' r = 16 model, bf16 and NF4) with that gate on and off, their CUDA
   graphs' replays alternated N rounds (``mlp_ab_rows``).
@@ -47,7 +47,7 @@ def kernel_row(tokens: int, r: int, activation: str = "silu") -> dict:
     dY, dXA = torch.randn(tokens, D, **bf16), torch.randn(tokens, r, **bf16)
     W, A = torch.randn(D, INTER, **bf16) * 0.02, torch.randn(r, INTER, **bf16) * 0.02
     e, g = torch.randn(tokens, INTER, **bf16), torch.randn(tokens, INTER, **bf16)
-    assert fusable_down_backward(dY, W, e, g, A, "silu")  # the shapes (GELU's are not timed)
+    assert fusable_down_backward(dY, W, e, g, A, activation)
 
     def separate() -> tuple[torch.Tensor, ...]:
         dh = L.input_grad(None, (dXA, A), [(dY, W, None)], torch.bfloat16)

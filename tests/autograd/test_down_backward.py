@@ -34,7 +34,6 @@ pytestmark = [
     ),
 ]
 ACTIVATIONS = ["silu", "gelu", "gelu_tanh"]
-TAILS = pytest.mark.skipif(not db._MASKED_TAILS, reason="row masks off until GPU-checked")
 
 
 def _case(M, K, N, r, dtype):
@@ -64,20 +63,20 @@ def _act64(e, kind):
 @pytest.mark.parametrize(
     "M, K, N, r",
     [
-        (8192, 4096, 14336, 16),
-        pytest.param(300, 200, 512, 72, marks=TAILS, id="M-K-tails-rank72"),
-        (384, 128, 768, 8),
-        pytest.param(2000, 256, 8192, 16, marks=TAILS, id="M-tail-4-tiles-per-sm"),
+        pytest.param(8192, 4096, 14336, 16, id="llama-r16"),
+        pytest.param(300, 200, 512, 72, id="M-K-tails-rank72"),
+        pytest.param(384, 128, 768, 8, id="rank8"),
+        pytest.param(2000, 256, 8192, 16, id="M-tail-4-tiles-per-sm"),
     ],
-    ids=["llama-r16", None, "rank8", None],
 )
 def test_against_float64(kind, dtype, M, K, N, r):
     """``de``, ``dg`` and ``dA`` as close to float64 as the separate route (``dh`` rounded
     once, lk_triton's backward, cuBLAS's ``dA = dXA^T h``); in place over ``e`` and ``g``, the
-    same bits. Ranks 8 and 16 sum ``dA`` in the epilogue, 72 stores ``h`` for cuBLAS (and takes
-    two ``dXA A`` steps); K = 200 is a zero-filled K tail; M = 300 and 2000 end in a part row
-    block (masked: rows past M neither read, written nor summed), 2000 x 8192 makes 512 tiles,
-    four or so per CTA."""
+    same bits. Ranks 8 and 16 sum ``dA`` in the epilogue where ``fuses_dA`` lets them (it is
+    off: they store ``h`` too), 72 stores ``h`` for cuBLAS (and takes two ``dXA A`` steps);
+    K = 200 is a zero-filled K tail; M = 300 and 2000 end in a part row block (masked: rows
+    past M neither read, written nor summed), 2000 x 8192 makes 512 tiles, four or so per
+    CTA."""
     dY, W, dXA, A, e, g = _case(M, K, N, r, dtype)
     assert db.fusable_down_backward(dY, W, e, g, A, "silu")  # shapes the kernel takes
     dh64 = dY.double() @ W.double() + dXA.double() @ A.double()
@@ -121,9 +120,9 @@ def test_fusable_rejects():
     assert fusable() and fusable(W=None)  # None: a 4-bit weight, dequantized for the call
     assert not fusable(*(t.float() for t in (dY, W, e, g, A)))  # 32-bit
     assert not fusable(A=A.half())  # mixed dtypes
-    for activation in ("gelu", "gelu_tanh"):  # not timed yet: the separate route
-        assert fusable(activation=activation) == (activation in db._TIMED_ACTIVATIONS)
-    assert fusable(dY[:200], e=e[:200], g=g[:200]) == db._MASKED_TAILS  # a part row block
+    assert fusable(activation="gelu") and fusable(activation="gelu_tanh")
+    assert not fusable(activation="relu")
+    assert fusable(dY[:200], e=e[:200], g=g[:200])  # a part row block: masked
     assert not fusable(dY[:100], e=e[:100], g=g[:100])  # fewer tokens than one tile's rows
     assert not fusable(W=W[:, :384], e=e[:, :384], g=g[:, :384], A=A[:, :384])  # N % 256
     assert not fusable(e=e.t().contiguous().t())  # not contiguous
@@ -139,15 +138,13 @@ def test_fusable_rejects():
 def test_lora_mlp_takes_it(activation, fp32_adapters, monkeypatch):
     """``LoRA_MLP`` takes the kernel once per backward (in place: the graph dies with it) and
     matches PEFT in float64; with dropout on down it takes the separate path. 300 tokens: the
-    last row block is masked. Every activation is let through (GELU's are off by default:
-    ``_TIMED_ACTIVATIONS``)."""
-    monkeypatch.setattr(db, "_TIMED_ACTIVATIONS", ("silu", "gelu", "gelu_tanh"))
+    last row block is masked."""
     calls = count_calls(monkeypatch, mlp, "down_backward")
     check_mlp_route(
         calls,
         activation,
         fp32_adapters,
-        (3, 100 if db._MASKED_TAILS else 128, 192),
+        (3, 100, 192),
         r=16,
         d=192,
         inter=512,
