@@ -4,14 +4,15 @@ Usage: ``uv run tools/sass_loops.py`` (``uv run --with triton==3.6.0 ...`` for t
 machine's release). No GPU needed: the kernel is compiled for sm_90 and disassembled by the
 tools Triton bundles (``tools/_sm90.py``).
 
-Where the epilogue's two warps take longer per ``[128, 256]`` tile than the mainloop, they set
-the kernel's time, and their time follows the instructions they issue per tile (BENCHMARKS.md:
-rolling the loop took the kernel from 2.88 to 1.53 ms; storing ``h``, ~3% more instructions,
-cost 65 us). So the instructions per tile of each variant are the CPU's forecast of which is
-faster, to be checked on a GPU. For each activation, epilogue mode (``h`` stored for cuBLAS's
-``dA``, or ``dA`` summed in the epilogue) and row blocks (whole, or a partial last one):
-spill bytes, then the subtile loop (the innermost loop that both loads and stores global
-memory): its instructions per iteration and per tile, and its mix.
+What it tells: which code each variant runs in its epilogue, and whether something that
+should be compiled out is (the twenty-second session's row masks were in every launch). What
+it does not tell: the kernel's time. On an H100, 21% fewer instructions (the fast sigmoid)
+saved 14-17 us of 1.64 ms, and exact GELU's 2.35x SiLU's instructions cost 0.2 ms
+(BENCHMARKS.md, twenty-third session): the epilogue is not issue-bound. For each activation,
+epilogue mode (``h`` stored for cuBLAS's ``dA``, or ``dA`` summed in the epilogue) and row
+blocks (whole, or a partial last one): spill bytes, then the subtile loop (the innermost loop
+that both loads and stores global memory): its instructions per iteration and per tile, and
+its mix.
 """
 
 from __future__ import annotations
