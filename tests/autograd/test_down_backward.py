@@ -78,7 +78,7 @@ def test_against_float64(kind, dtype, M, K, N, r):
     past M neither read, written nor summed), 2000 x 8192 makes 512 tiles, four or so per
     CTA."""
     dY, W, dXA, A, e, g = _case(M, K, N, r, dtype)
-    assert db.fusable_down_backward(dY, W, e, g, A, "silu")  # shapes the kernel takes
+    assert db.fusable_down_backward(dY, W, e, g, A, kind)
     dh64 = dY.double() @ W.double() + dXA.double() @ A.double()
     a, da = _act64(e, kind)
     ref_de, ref_dg, ref_dA = dh64 * g.double() * da, dh64 * a, dXA.double().t() @ (a * g.double())

@@ -103,8 +103,8 @@ def _down_and_activation_backward(
 
     A single dropout-free, non-DoRA adapter on down whose ``A`` is trained, on shapes and an
     activation ``fusable_down_backward`` takes, goes through ``_down_backward``: one kernel computes
-    ``dh = dY W + dXA A`` tile by tile and ``de``, ``dg`` and ``dA = dXA^T h`` from each tile
-    (up to rank 16; above it stores ``h`` for cuBLAS), so ``dh`` is never stored. Otherwise
+    ``dh = dY W + dXA A`` tile by tile and ``de``, ``dg`` and ``h`` from each tile (cuBLAS then
+    gives ``dA = dXA^T h``), so ``dh`` is never stored. Otherwise
     ``dh`` first (``_linear.backward_input``), then ``_gated_backward``."""
     a = down.adapters[0] if len(down.adapters) == 1 else None
     if a is not None and a.m is None and a.M is None and need.adapters[0].A:
