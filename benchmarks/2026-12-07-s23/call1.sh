@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The first GPU call after the twenty-second session (written in the twenty-third, when no GPU
-# was lent; not yet run). Carry .whl. Logs under $OUT.
+# The first GPU call after the twenty-second session (twenty-third session; ran on an H100, logs
+# in call1/; step 3's sed matched _kernels.py as it was then). Carry .whl. Logs under $OUT.
 # 1. Turns on, in the machine's copy only, the epilogue dA and the row masks (_FUSED_DA_RANK =
 #    16, _MASKED_TAILS = True; never GPU-run), then every GPU test (the fast sigmoid's bits
 #    among them) and the compile check under the machine's Triton.

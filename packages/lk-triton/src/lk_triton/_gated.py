@@ -1,11 +1,10 @@
 """Device dispatch for the gated activations: Triton kernels or the exact torch path."""
 
-import os
-
 import torch
 from torch import Tensor
 
 from . import _reference
+from ._env import INTERPRET
 from ._launch import launch
 from ._validate import Activation, check_same
 
@@ -17,8 +16,6 @@ except ImportError:  # triton is a Linux-only dependency
     triton = None
     _kernels = None
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
-"""``TRITON_INTERPRET=1`` at import time: CPU tensors then run the Triton kernels."""
 
 _KERNEL_ID = {"silu": 0, "gelu": 1, "gelu_tanh": 2}
 _BLOCK = 2048
