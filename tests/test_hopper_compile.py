@@ -187,18 +187,16 @@ def test_activation_backward_with_dA(compiled, activation, r, dtype):
     ],
     ids=["silu-r16-bf16", "gelu-r64-bf16", "gelu_tanh-r72-fp16-M333", "gelu_tanh-r8-fp16-M333"],
 )
-def test_down_backward(compiled, activation, r, dtype, M, monkeypatch):
+def test_down_backward(compiled, activation, r, dtype, M):
     """The warp-specialized kernel: its shared memory fits, and no partition spills (a spill
     in the epilogue's loop costs its two warps more than the ``dh`` store it saves). M = 256
-    compiles whole row blocks (no mask code), 333 a partial last one (``TAIL``); ranks 8
-    and 16 sum ``dA`` in the epilogue (then ``_sum_kernel``), 64 and 72 store ``h``."""
-    monkeypatch.setattr(_down_backward, "_FUSED_DA_RANK", 16)  # compiled while it is off
+    compiles whole row blocks (no mask code), 333 a partial last one (``TAIL``)."""
     K, N = 192, 512
     e, g = (_randn(M, N, dtype=dtype) for _ in range(2))
     dY, W = _randn(M, K, dtype=dtype), _randn(K, N, dtype=dtype)
     dXA, A = _randn(M, r, dtype=dtype), _randn(r, N, dtype=dtype)
     _down_backward.down_backward(dY, W, dXA, A, e, g, activation, inplace=True)
-    _check(compiled, ["_kernel", "_sum_kernel"] if _down_backward.fuses_dA(r) else ["_kernel"])
+    _check(compiled, ["_kernel"])
     assert spill_bytes(compiled[0]) == 0
 
 

@@ -6,16 +6,14 @@ on an NVIDIA sm_90 GPU.
 
 - Kernel: at Llama-3-8B's MLP (``dY`` ``[tokens, 4096]``, ``W`` ``[4096, 14336]``), SiLU, ranks
   8, 16 and 64: the separate route (``_linear.input_grad``'s ``dh = dY W + dXA A``, then
-  ``activation_backward_with_dA``) against ``down_backward`` (``dA`` from its epilogue up to
-  rank 16, ``fuses_dA``), the same with ``h`` stored for cuBLAS's ``dA`` (the twenty-first
-  session's route), and the bare cuBLAS ``dY W`` (the floor of all). Checked first (the
-  routes' ``de``, ``dg`` and ``dA`` against each other), then timed replayed from a CUDA
-  graph; then ``down_backward`` on one token fewer (a masked last row block).
+  ``activation_backward_with_dA``) against ``down_backward`` (the kernel, then cuBLAS's ``dA =
+  dXA^T h``), and the bare cuBLAS ``dY W`` (the floor of both). Checked first (the two routes'
+  ``de``, ``dg`` and ``dA`` against each other), then timed replayed from a CUDA graph; then
+  ``down_backward`` on one token fewer (a masked last row block).
 - ``--activations``: the same at 8192 tokens, r = 16 for GELU (exact, tanh) too: the rows
-  behind ``_TIMED_ACTIVATIONS``.
-- ``--ab N [--switch fuses_dA|fusable_down_backward]``: the whole MLP block
-  (``bench_lora_blocks``' r = 16 model, bf16 and NF4) with that gate on and off, their CUDA
-  graphs' replays alternated N rounds (``mlp_ab_rows``).
+  behind ``_down_backward._TIMED_ACTIVATIONS``.
+- ``--ab N``: the whole MLP block (``bench_lora_blocks``' r = 16 model, bf16 and NF4) with the
+  route on and off, their CUDA graphs' replays alternated N rounds (``mlp_ab_rows``).
 
 Writes JSON to ``$OUT/bench_down_backward.json`` when ``OUT`` is set.
 """
@@ -28,7 +26,6 @@ import torch
 from bench_lora_blocks import graph_ms, mlp_ab_rows, rows_table
 from rich.console import Console
 
-from lk_autograd import _down_backward as db
 from lk_autograd import _linear as L
 from lk_autograd._activation_backward import activation_backward_with_dA
 from lk_autograd._down_backward import down_backward, fusable_down_backward
@@ -56,21 +53,11 @@ def kernel_row(tokens: int, r: int, activation: str = "silu") -> dict:
     def fused() -> tuple[torch.Tensor, ...]:
         return down_backward(dY, W, dXA, A, e, g, activation, False)
 
-    def stored_h() -> tuple[torch.Tensor, ...]:
-        """The twenty-first session's route: the kernel stores h, cuBLAS sums dA."""
-        real = db.fuses_dA
-        db.fuses_dA = lambda r: False
-        try:
-            return down_backward(dY, W, dXA, A, e, g, activation, False)
-        finally:
-            db.fuses_dA = real
-
     row = {"activation": activation, "tokens": tokens, "r": r}
     for name, a, b in zip(("de", "dg", "dA"), fused(), separate(), strict=True):
         row[f"{name}_rel_diff"] = _rel(a, b)
     row["floor_us"] = graph_ms(lambda: dY @ W) * 1e3
     row["separate_us"] = graph_ms(separate) * 1e3
-    row["stored_h_us"] = graph_ms(stored_h) * 1e3
     row["fused_us"] = graph_ms(fused) * 1e3
     row["saved_us"] = row["separate_us"] - row["fused_us"]
     tail = [t[1:] for t in (dY, dXA, e, g)]  # one token fewer: the last row block masked
@@ -87,9 +74,6 @@ def main() -> None:
     parser.add_argument(
         "--activations", nargs="+", default=["silu"], choices=["silu", "gelu", "gelu_tanh"]
     )
-    parser.add_argument(
-        "--switch", default="fuses_dA", choices=["fuses_dA", "fusable_down_backward"]
-    )
     args = parser.parse_args()
     console = Console()
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
@@ -99,8 +83,8 @@ def main() -> None:
     if args.ab:
         for nf4 in (False, True):
             key = "ab_nf4" if nf4 else "ab"
-            results[key] = mlp_ab_rows(args.ab, args.switch, nf4, db)
-            title = f"MLP block r = 16{' NF4' if nf4 else ''}, {args.switch} on / off"
+            results[key] = mlp_ab_rows(args.ab, "fusable_down_backward", nf4)
+            title = f"MLP block r = 16{' NF4' if nf4 else ''}, route on / off"
             console.print(rows_table(title, results[key]))
     if os.environ.get("OUT"):
         path = os.path.join(os.environ["OUT"], "bench_down_backward.json")

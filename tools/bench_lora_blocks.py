@@ -22,7 +22,6 @@ import argparse
 import functools
 import json
 from collections.abc import Callable
-from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -251,17 +250,14 @@ def graph_ms(step: Callable[[], None]) -> float:
     return ms
 
 
-def mlp_ab_rows(
-    rounds: int, switch: str, nf4: bool = False, module: ModuleType | None = None
-) -> list[dict]:
-    """The r = 16 MLP block with one of its routes on and off (``switch``, the name of a gate
-    function in ``module``, by default ``lk_autograd._mlp``, replaced by one that says no):
-    both captured once as CUDA graphs, then their replays timed in turn, ``rounds`` times
-    each, so that the card's clock drift falls on both alike; graph time over the dense
-    floor's (timed in each round too), and the block's held and peak memory."""
-    import lk_autograd._mlp
+def mlp_ab_rows(rounds: int, switch: str, nf4: bool = False) -> list[dict]:
+    """The r = 16 MLP block with one of ``lk_autograd._mlp``'s routes on and off (``switch``,
+    the name of its gate function, replaced by one that says no): both captured once as CUDA
+    graphs, then their replays timed in turn, ``rounds`` times each, so that the card's clock
+    drift falls on both alike; graph time over the dense floor's (timed in each round too),
+    and the block's held and peak memory."""
+    import lk_autograd._mlp as mlp
 
-    mlp = module or lk_autograd._mlp
     m = build(16, nf4, False)
     torch.manual_seed(1)
     X = torch.randn(1, 8192, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)

@@ -8,11 +8,10 @@ What it tells: which code each variant runs in its epilogue, and whether somethi
 should be compiled out is (the twenty-second session's row masks were in every launch). What
 it does not tell: the kernel's time. On an H100, 21% fewer instructions (the fast sigmoid)
 saved 14-17 us of 1.64 ms, and exact GELU's 2.35x SiLU's instructions cost 0.2 ms
-(BENCHMARKS.md, twenty-third session): the epilogue is not issue-bound. For each activation,
-epilogue mode (``h`` stored for cuBLAS's ``dA``, or ``dA`` summed in the epilogue) and row
-blocks (whole, or a partial last one): spill bytes, then the subtile loop (the innermost loop
-that both loads and stores global memory): its instructions per iteration and per tile, and
-its mix.
+(BENCHMARKS.md, twenty-third session): the epilogue is not issue-bound. For each activation
+and row blocks (whole, or a partial last one): spill bytes, then the subtile loop (the
+innermost loop that both loads and stores global memory): its instructions per iteration and
+per tile, and its mix.
 """
 
 from __future__ import annotations
@@ -26,13 +25,12 @@ from _sm90 import sass, sm90_driver, spill_bytes
 from rich.console import Console
 from rich.table import Table
 
-from lk_autograd import _activation_backward
 from lk_autograd import _down_backward as db
 
-MIX = ("MUFU", "LDG", "STG", "LDS", "LDSM", "STS", "BAR", "HMMA")
+MIX = ("MUFU", "LDG", "STG", "LDS", "STS", "BAR")
 
 
-def compile_kernel(activation: str, fused_dA: bool, tokens: int, r: int = 16):
+def compile_kernel(activation: str, tokens: int, r: int = 16):
     """The ``CompiledKernel`` ``down_backward`` would launch for these operands (small ``K``
     and ``N``: the code depends on their divisibility by 16, not on their size)."""
     K, N = 192, 512
@@ -45,12 +43,7 @@ def compile_kernel(activation: str, fused_dA: bool, tokens: int, r: int = 16):
     def compile_only(programs, args, kwargs):
         kernels.append(db._kernel.warmup(*args, grid=(programs,), **kwargs))
 
-    with (
-        sm90_driver(),
-        mock.patch.object(db, "_launch", compile_only),
-        mock.patch.object(_activation_backward, "launch", lambda *a: None),  # sum_partials
-        mock.patch.object(db, "_FUSED_DA_RANK", 16 if fused_dA else 0),
-    ):
+    with sm90_driver(), mock.patch.object(db, "_launch", compile_only):
         db.down_backward(dY, W, dXA, A, e, g, activation, inplace=True)
     return kernels[0]
 
@@ -79,21 +72,18 @@ def main() -> None:
 
     BM, BN, _ = db._TILE
     table = Table(title=f"down_backward's epilogue loop, sm_90, Triton {triton.__version__}")
-    for column in ("activation", "epilogue", "rows", "spills", "per subtile", "per tile", *MIX):
+    for column in ("activation", "rows", "spills", "per subtile", "per tile", *MIX):
         table.add_column(column)
+    subtiles = 4 * (BN // db._SUBTILE_N)  # [BM / 4, SN] each
     for activation in ("silu", "gelu", "gelu_tanh"):
-        for fused_dA in (False, True):
-            for tokens in (256, 333):
-                kernel = compile_kernel(activation, fused_dA, tokens)
-                loop = subtile_loop(sass(kernel))
-                mix = Counter(map(opcode, loop))
-                rows = BM // 8 if fused_dA else BM // 4  # the kernel's SM
-                per_tile = len(loop) * (BM // rows) * (BN // db._SUBTILE_N)
-                table.add_row(
-                    activation, "dA summed" if fused_dA else "h stored",
-                    "partial" if tokens % BM else "whole", str(spill_bytes(kernel)),
-                    str(len(loop)), f"{per_tile:,}", *(str(mix[op]) for op in MIX),
-                )  # fmt: skip
+        for tokens in (256, 333):
+            kernel = compile_kernel(activation, tokens)
+            loop = subtile_loop(sass(kernel))
+            mix = Counter(map(opcode, loop))
+            table.add_row(
+                activation, "partial" if tokens % BM else "whole", str(spill_bytes(kernel)),
+                str(len(loop)), f"{len(loop) * subtiles:,}", *(str(mix[op]) for op in MIX),
+            )  # fmt: skip
     Console(width=150).print(table)
 
 

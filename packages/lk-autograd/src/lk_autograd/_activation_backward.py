@@ -79,16 +79,9 @@ def activation_backward_with_dA(
                "ACTIVATION": _ACTIVATION[activation], "num_warps": _NUM_WARPS}  # fmt: skip
     launch(_partials_kernel, blocks * chunks, args, options, e.device)
     dA = torch.empty(r, N, device=e.device, dtype=dXA.dtype)
-    sum_partials(part, dA)
+    args = [part, dA, r * N, chunks]
+    launch(_sum_kernel, triton.cdiv(r * N, _SUM_BLOCK), args, {"BLOCK": _SUM_BLOCK}, e.device)
     return de, dg, dA
-
-
-def sum_partials(part: Tensor, out: Tensor) -> None:
-    """``out = sum_k part[k]`` (``part`` float32 ``[chunks, *out.shape]``, contiguous), in
-    chunk order, rounded once to ``out``'s dtype: deterministic."""
-    n = out.numel()
-    args = [part, out, n, part.shape[0]]
-    launch(_sum_kernel, triton.cdiv(n, _SUM_BLOCK), args, {"BLOCK": _SUM_BLOCK}, out.device)
 
 
 if triton is not None:

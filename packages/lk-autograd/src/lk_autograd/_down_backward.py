@@ -8,8 +8,8 @@ and ``g`` ``[M, N]``::
     dh = dY W + dXA A                       (never stored)
     de = dh g act'(e)     dg = dh act(e)    h = act(e) g   (rounded to the activations' dtype)
 
-and down's ``dA = dXA^T h``: from cuBLAS over a stored ``h``, or, up to rank 16 once
-``_FUSED_DA_RANK`` is on, summed in the epilogue (``fuses_dA``). Separately, the ``dh``
+and down's ``dA = dXA^T h``, from cuBLAS over the stored ``h`` (summing it in the epilogue
+instead was slower: BENCHMARKS.md, twenty-third session). Separately, the ``dh``
 GEMM writes ``[M, N]`` and the activation backward reads it back; here each ``dh`` tile goes
 from the accumulator to shared memory and straight into the elementwise math. The kernel is
 persistent (one CTA per SM, output tiles grouped along M for L2 reuse) and warp-specialized:
@@ -24,12 +24,8 @@ persistent (one CTA per SM, output tiles grouped along M for L2 reuse) and warp-
   the kernel from 1.53 to 2.88 ms on an H100, BENCHMARKS.md, twentieth session). Per subtile
   it loads ``e`` and ``g`` of the *next* subtile before computing this one, and stores ``de``,
   ``dg`` and ``h``. Each element of ``e`` and ``g`` is read before it is written, so ``de``
-  and ``dg`` may overwrite them. When the epilogue sums ``dA`` (``R > 0``) it walks 32
-  ``[16, 64]`` subtiles instead (32-row ones spill with the accumulator), prefetches the next
-  subtile's ``dXA^T`` rows too, and adds ``dXA[rows]^T h[rows]`` into one mma.sync ``[16, 64]``
-  float32 accumulator per column block, stored as a partial per row block and summed by
-  ``sum_partials``; ``h`` is not stored. Only where ``M`` is not a multiple of 128 (``TAIL``,
-  a specialization of its own) are the last row block's rows past ``M`` masked (TMA
+  and ``dg`` may overwrite them. Only where ``M`` is not a multiple of 128 (``TAIL``, a
+  specialization of its own) are the last row block's rows past ``M`` masked (TMA
   zero-fills ``dY`` and ``dXA`` there); the columns are not: ``N`` is a multiple of 256.
 
 Two epilogue warps, not four: Triton caps every partition's registers at ``65536 / threads``,
@@ -54,7 +50,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._activation_backward import sum_partials
 from ._gemm import _DTYPES, _aligned, _runs_here, persistent_programs
 
 # The Triton releases this kernel is compiled against (tests/test_hopper_compile.py, on the CPU,
@@ -66,7 +61,6 @@ try:
     import triton
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.ampere import mma_v2
     from triton.experimental.gluon.language.nvidia.hopper import (
         fence_async_shared,
         mbarrier,
@@ -99,10 +93,6 @@ _EPILOGUE_WARPS = 2
 _WORKER_REGS = 168  # the 1 + 2 worker warps share one warpgroup: the same register count
 _SUBTILE_N = 64  # epilogue subtiles are [BM / 4, 64]: one 128-byte swizzle column block
 _INT32_LIMIT = 2**31  # the epilogue's offsets are int32
-# The epilogue's dA (rank <= 16) is off: correct, and slower on an H100 (twenty-third session:
-# 1.994 against 1.626 ms with h stored at r = 16; the MLP block 9.48 against 9.10 ms). Its
-# tests skip while it is off.
-_FUSED_DA_RANK = 0
 # The activations whose kernel was timed faster than the separate route (H100, 8192 tokens,
 # r = 16, twenty-third session, tools/bench_down_backward.py --activations): SiLU 1.626 against
 # 1.770 ms, GELU 1.825 against 2.059, GELU-tanh 1.671 against 1.787.
@@ -144,9 +134,8 @@ def down_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """``(de, dg, dA)`` (see the module docstring); ``activation`` is ``"silu"``, ``"gelu"`` or
     ``"gelu_tanh"``. With ``inplace``, ``de`` and ``dg`` overwrite ``e`` and ``g``. ``dA`` is
-    in ``dXA``'s dtype: from the epilogue's partials where ``fuses_dA`` says so, else cuBLAS's
-    ``dXA^T h`` over a stored ``h``. The caller checks ``fusable_down_backward`` first; ``dXA``
-    is ``[M, r]`` in ``A``'s dtype."""
+    cuBLAS's ``dXA^T h`` over the ``h`` the kernel stores. The caller checks
+    ``fusable_down_backward`` first; ``dXA`` is ``[M, r]`` in ``A``'s dtype."""
     BM, BN, BK = _TILE
     (M, K), N, r = dY.shape, W.shape[1], A.shape[0]
     if W.shape[0] != K or dXA.shape != (M, r) or not _aligned(dXA):
@@ -155,35 +144,19 @@ def down_backward(
             f"{tuple(dXA.shape)} a TMA-aligned [{M}, {r}]"
         )
     de, dg = (e, g) if inplace else (torch.empty_like(e), torch.empty_like(g))
-    fused = fuses_dA(r)
-    if fused:
-        out = torch.empty(triton.cdiv(M, BM), r, N, device=e.device, dtype=torch.float32)
-    else:
-        out = torch.empty_like(e)  # h
+    h = torch.empty_like(e)
     dtype = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[dY.dtype]
     mk = gl.NVMMASharedLayout.get_default_for([BM, BK], dtype)
     kn = gl.NVMMASharedLayout.get_default_for([BK, BN], dtype)
     descs = [TensorDescriptor.from_tensor(t, [BM, BK], mk) for t in (dY, dXA)]
     descs += [TensorDescriptor.from_tensor(t, [BK, BN], kn) for t in (W, A)]
     tiles = triton.cdiv(M, BM) * (N // BN)
-    args = [*descs, e, g, de, dg, out, dXA, dXA.stride(0), M, N, K, r]
+    args = [*descs, e, g, de, dg, h, M, N, K, r]
     options = {"ACTIVATION": _ACTIVATION[activation], "STAGES": _STAGES, "GROUP": _GROUP_M,
                "EPI_WARPS": _EPILOGUE_WARPS, "WORKER_REGS": _WORKER_REGS, "SN": _SUBTILE_N,
-               "R": _FUSED_DA_RANK if fused else 0, "TAIL": M % BM != 0,
-               "num_warps": _MMA_WARPS}  # fmt: skip
+               "TAIL": M % BM != 0, "num_warps": _MMA_WARPS}  # fmt: skip
     _launch(min(persistent_programs(dY), tiles), args, options)
-    if not fused:
-        return de, dg, dXA.t() @ out
-    dA = torch.empty(r, N, device=e.device, dtype=dXA.dtype)
-    sum_partials(out, dA)
-    return de, dg, dA
-
-
-def fuses_dA(r: int) -> bool:
-    """Whether ``down_backward`` sums ``dA`` in its epilogue at rank ``r``: up to
-    ``_FUSED_DA_RANK``, the mma.sync accumulator's rows (one ``[16, 64]`` float32 tile is 16
-    registers of each epilogue thread; the epilogue has 168)."""
-    return r <= _FUSED_DA_RANK
+    return de, dg, dXA.t() @ h
 
 
 def _launch(programs: int, args: Sequence[Any], options: dict[str, Any]) -> None:
@@ -264,20 +237,17 @@ if gluon is not None:
 
     @gluon.jit
     def _epilogue_partition(
-        e_ptr, g_ptr, de_ptr, dg_ptr, out_ptr, dxa_ptr, dxa_stride, c_smem, c_ready, c_empty,
-        num_pid_m, num_pid_n, M, N, r, ACTIVATION: gl.constexpr, SN: gl.constexpr,
-        GROUP: gl.constexpr, EPI_WARPS: gl.constexpr, R: gl.constexpr, TAIL: gl.constexpr,
+        e_ptr, g_ptr, de_ptr, dg_ptr, h_ptr, c_smem, c_ready, c_empty, num_pid_m, num_pid_n, M,
+        N, ACTIVATION: gl.constexpr, SN: gl.constexpr, GROUP: gl.constexpr,
+        EPI_WARPS: gl.constexpr, TAIL: gl.constexpr,
     ):  # fmt: skip
         """``de``, ``dg`` and ``h`` from each ``dh`` tile, one ``[BM / 4, SN]`` subtile per
         iteration of a runtime loop. The 128-byte-swizzled ``[BM, BN]`` buffer is ``BN / SN``
         column blocks of ``[BM, SN]`` (each row 128 bytes), so it is reinterpreted as
-        ``[NSUB, BM / 4, SN]``, column block major. With ``R == 0`` ``h`` is stored to
-        ``out``; otherwise ``out`` is ``[cdiv(M, BM), r, N]`` float32 and ``out[m] =
-        dXA[rows]^T h[rows]`` over row block ``m`` (an mma.sync ``[R, SN]`` accumulator over the
-        column block's ``BM / SM`` subtiles, ``dXA`` zero past rank ``r``)."""
+        ``[NSUB, BM / 4, SN]``, column block major."""
         BM: gl.constexpr = c_smem.shape[0]
         BN: gl.constexpr = c_smem.shape[1]
-        SM: gl.constexpr = BM // 8 if R > 0 else BM // 4  # dA's accumulator: half the rows
+        SM: gl.constexpr = BM // 4
         NR: gl.constexpr = BM // SM  # row subtiles per column block
         NSUB: gl.constexpr = NR * (BN // SN)
         VEC: gl.constexpr = 8
@@ -293,20 +263,6 @@ if gluon is not None:
         cols = gl.arange(0, SN, layout=gl.SliceLayout(0, blk))
         offs = gl.expand_dims(rows, 1) * N + gl.expand_dims(cols, 0)
         row_ids = gl.expand_dims(rows, 1)  # masks: a subtile's rows below M (TMA zero-fills dh)
-        if R > 0:
-            mma: gl.constexpr = gl.NVMMADistributedLayout(
-                version=[2, 0], warps_per_cta=[1, EPI_WARPS], instr_shape=[16, 8]
-            )
-            xa_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
-            h_op: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
-            xa_rank = gl.expand_dims(gl.arange(0, R, layout=gl.SliceLayout(1, xa_op)), 1)
-            xa_row = gl.expand_dims(gl.arange(0, SM, layout=gl.SliceLayout(0, xa_op)), 0)
-            xa_offs = xa_row * dxa_stride + xa_rank
-            part_rank = gl.expand_dims(gl.arange(0, R, layout=gl.SliceLayout(1, mma)), 1)
-            part_offs = part_rank * N + gl.expand_dims(
-                gl.arange(0, SN, layout=gl.SliceLayout(0, mma)), 0
-            )
-            acc = gl.zeros((R, SN), dtype=gl.float32, layout=mma)
 
         num_tiles = num_pid_m * num_pid_n
         pid = gl.program_id(0)
@@ -314,12 +270,8 @@ if gluon is not None:
         pid_m, pid_n = _tile_mn(pid, num_pid_m, num_pid_n, GROUP)
         first = pid_m * BM * N + pid_n * BN
         first_live = _rows_below(row_ids, M - pid_m * BM, TAIL)
-        e_cur = gl.load(e_ptr + first + offs, first_live, 0.0, eviction_policy="evict_first")
-        g_cur = gl.load(g_ptr + first + offs, first_live, 0.0, eviction_policy="evict_first")
-        if R > 0:
-            xa_cur = _load_dxa_t(
-                dxa_ptr, xa_offs, xa_rank, xa_row, pid_m * BM, M, r, dxa_stride, TAIL
-            )
+        e_cur = gl.load(e_ptr + first + offs, mask=first_live, eviction_policy="evict_first")
+        g_cur = gl.load(g_ptr + first + offs, mask=first_live, eviction_policy="evict_first")
         t = 0
         for tile_id in range(pid, num_tiles, nprog):
             pid_m, pid_n = _tile_mn(tile_id, num_pid_m, num_pid_n, GROUP)
@@ -339,34 +291,17 @@ if gluon is not None:
                 # Each mask is made where it is used: one carried to the stores spills a
                 # GELU-tanh epilogue's registers when M is not a multiple of 16.
                 nxt_live = _rows_below(row_ids, rows_left, TAIL)
-                # Zero past M: there h = act(0) 0 = 0 adds nothing to dA.
-                e_nxt = gl.load(e_ptr + pn + offs, nxt_live, 0.0, eviction_policy="evict_first")
-                g_nxt = gl.load(g_ptr + pn + offs, nxt_live, 0.0, eviction_policy="evict_first")
-                if R > 0:  # issued a subtile ahead too: its latency is not hidden otherwise
-                    row0_nxt = gl.where(jn == 0, nxt_m, pid_m) * BM + (jn % NR) * SM
-                    xa_nxt = _load_dxa_t(
-                        dxa_ptr, xa_offs, xa_rank, xa_row, row0_nxt, M, r, dxa_stride, TAIL
-                    )
+                e_nxt = gl.load(e_ptr + pn + offs, mask=nxt_live, eviction_policy="evict_first")
+                g_nxt = gl.load(g_ptr + pn + offs, mask=nxt_live, eviction_policy="evict_first")
                 dh = subs.index(j).load(blk).to(gl.float32)
                 ef = e_cur.to(gl.float32)
                 gf = g_cur.to(gl.float32)
                 a, da = activation_and_derivative(ef, ACTIVATION)
                 o = base + (j % NR) * SM * N + (j // NR) * SN + offs
-                row0 = pid_m * BM + (j % NR) * SM
-                live = _rows_below(row_ids, M - row0, TAIL)
+                live = _rows_below(row_ids, M - pid_m * BM - (j % NR) * SM, TAIL)
                 gl.store(de_ptr + o, (dh * gf * da).to(de_ptr.dtype.element_ty), mask=live)
                 gl.store(dg_ptr + o, (dh * a).to(dg_ptr.dtype.element_ty), mask=live)
-                h = (a * gf).to(e_ptr.dtype.element_ty)
-                if R > 0:
-                    acc = gl.where(j % NR == 0, 0.0, acc)
-                    acc = mma_v2(xa_cur, gl.convert_layout(h, h_op), acc)
-                    xa_cur = xa_nxt
-                    if j % NR == NR - 1:
-                        col0 = pid_n * BN + (j // NR) * SN
-                        gl.store(out_ptr + (pid_m * r) * N + col0 + part_offs, acc,
-                                 mask=part_rank < r)  # fmt: skip
-                else:
-                    gl.store(out_ptr + o, h, mask=live)
+                gl.store(h_ptr + o, (a * gf).to(h_ptr.dtype.element_ty), mask=live)
                 e_cur = e_nxt
                 g_cur = g_nxt
             _barrier()  # both warps have read the whole tile
@@ -381,19 +316,11 @@ if gluon is not None:
         return row_ids < bound if TAIL else all_rows
 
     @gluon.jit
-    def _load_dxa_t(
-        dxa_ptr, xa_offs, xa_rank, xa_row, row0, M, r, dxa_stride, TAIL: gl.constexpr
-    ):  # fmt: skip
-        """``dXA[row0 : row0 + SM, :]^T``, zero past rank ``r`` and past row ``M``."""
-        live = (xa_rank < r) & _rows_below(xa_row, M - row0, TAIL)
-        return gl.load(dxa_ptr + row0 * dxa_stride + xa_offs, live, 0.0)
-
-    @gluon.jit
     def _kernel(
-        dy_desc, dxa_desc, w_desc, a_desc, e_ptr, g_ptr, de_ptr, dg_ptr, out_ptr, dxa_ptr,
-        dxa_stride, M, N, K, r, ACTIVATION: gl.constexpr, STAGES: gl.constexpr,
-        GROUP: gl.constexpr, EPI_WARPS: gl.constexpr, WORKER_REGS: gl.constexpr,
-        SN: gl.constexpr, R: gl.constexpr, TAIL: gl.constexpr,
+        dy_desc, dxa_desc, w_desc, a_desc, e_ptr, g_ptr, de_ptr, dg_ptr, h_ptr, M, N, K, r,
+        ACTIVATION: gl.constexpr, STAGES: gl.constexpr, GROUP: gl.constexpr,
+        EPI_WARPS: gl.constexpr, WORKER_REGS: gl.constexpr, SN: gl.constexpr,
+        TAIL: gl.constexpr,
     ):  # fmt: skip
         BM: gl.constexpr = dy_desc.block_type.shape[0]
         BK: gl.constexpr = dy_desc.block_type.shape[1]
@@ -424,10 +351,9 @@ if gluon is not None:
                 (_load_partition, (dy_desc, dxa_desc, w_desc, a_desc, a_bufs, b_bufs, ready,
                                    empty, num_pid_m, num_pid_n, k_tiles, r_tiles, STAGES,
                                    GROUP)),
-                (_epilogue_partition, (e_ptr, g_ptr, de_ptr, dg_ptr, out_ptr, dxa_ptr,
-                                       dxa_stride, c_smem, c_ready, c_empty, num_pid_m,
-                                       num_pid_n, M, N, r, ACTIVATION, SN, GROUP, EPI_WARPS,
-                                       R, TAIL)),
+                (_epilogue_partition, (e_ptr, g_ptr, de_ptr, dg_ptr, h_ptr, c_smem, c_ready,
+                                       c_empty, num_pid_m, num_pid_n, M, N, ACTIVATION, SN,
+                                       GROUP, EPI_WARPS, TAIL)),
             ],
             [1, EPI_WARPS],
             [WORKER_REGS, WORKER_REGS],
