@@ -74,7 +74,8 @@ def main() -> None:
     table = Table(title=f"down_backward's epilogue loop, sm_90, Triton {triton.__version__}")
     for column in ("activation", "rows", "spills", "per subtile", "per tile", *MIX):
         table.add_column(column)
-    subtiles = 4 * (BN // db._SUBTILE_N)  # [BM / 4, SN] each
+    (SM, SN) = db._SUBTILE
+    subtiles = (BM // SM) * (BN // SN)
     for activation in ("silu", "gelu", "gelu_tanh"):
         for tokens in (256, 333):
             kernel = compile_kernel(activation, tokens)

@@ -91,7 +91,8 @@ _GROUP_M = 8
 _MMA_WARPS = 8
 _EPILOGUE_WARPS = 2
 _WORKER_REGS = 168  # the 1 + 2 worker warps share one warpgroup: the same register count
-_SUBTILE_N = 64  # epilogue subtiles are [BM / 4, 64]: one 128-byte swizzle column block
+_SUBTILE = (32, 64)  # epilogue subtiles: [SM, SN], SN = one 128-byte swizzle column block
+_PREFETCH = 1  # the epilogue loads e and g this many subtiles ahead (1 or 2)
 _INT32_LIMIT = 2**31  # the epilogue's offsets are int32
 # The activations whose kernel was timed faster than the separate route (H100, 8192 tokens,
 # r = 16, twenty-third session, tools/bench_down_backward.py --activations): SiLU 1.626 against
@@ -153,8 +154,9 @@ def down_backward(
     tiles = triton.cdiv(M, BM) * (N // BN)
     args = [*descs, e, g, de, dg, h, M, N, K, r]
     options = {"ACTIVATION": _ACTIVATION[activation], "STAGES": _STAGES, "GROUP": _GROUP_M,
-               "EPI_WARPS": _EPILOGUE_WARPS, "WORKER_REGS": _WORKER_REGS, "SN": _SUBTILE_N,
-               "TAIL": M % BM != 0, "num_warps": _MMA_WARPS}  # fmt: skip
+               "EPI_WARPS": _EPILOGUE_WARPS, "WORKER_REGS": _WORKER_REGS, "SM": _SUBTILE[0],
+               "SN": _SUBTILE[1], "TAIL": M % BM != 0, "PREFETCH": _PREFETCH,
+               "num_warps": _MMA_WARPS}  # fmt: skip
     _launch(min(persistent_programs(dY), tiles), args, options)
     return de, dg, dXA.t() @ h
 
@@ -238,16 +240,16 @@ if gluon is not None:
     @gluon.jit
     def _epilogue_partition(
         e_ptr, g_ptr, de_ptr, dg_ptr, h_ptr, c_smem, c_ready, c_empty, num_pid_m, num_pid_n, M,
-        N, ACTIVATION: gl.constexpr, SN: gl.constexpr, GROUP: gl.constexpr,
-        EPI_WARPS: gl.constexpr, TAIL: gl.constexpr,
+        N, ACTIVATION: gl.constexpr, SM: gl.constexpr, SN: gl.constexpr, GROUP: gl.constexpr,
+        EPI_WARPS: gl.constexpr, TAIL: gl.constexpr, PREFETCH: gl.constexpr,
     ):  # fmt: skip
-        """``de``, ``dg`` and ``h`` from each ``dh`` tile, one ``[BM / 4, SN]`` subtile per
+        """``de``, ``dg`` and ``h`` from each ``dh`` tile, one ``[SM, SN]`` subtile per
         iteration of a runtime loop. The 128-byte-swizzled ``[BM, BN]`` buffer is ``BN / SN``
         column blocks of ``[BM, SN]`` (each row 128 bytes), so it is reinterpreted as
-        ``[NSUB, BM / 4, SN]``, column block major."""
+        ``[NSUB, SM, SN]``, column block major."""
         BM: gl.constexpr = c_smem.shape[0]
         BN: gl.constexpr = c_smem.shape[1]
-        SM: gl.constexpr = BM // 4
+        gl.static_assert(PREFETCH == 1 or PREFETCH == 2, "PREFETCH: 1 or 2 subtiles ahead")
         NR: gl.constexpr = BM // SM  # row subtiles per column block
         NSUB: gl.constexpr = NR * (BN // SN)
         VEC: gl.constexpr = 8
@@ -268,31 +270,27 @@ if gluon is not None:
         pid = gl.program_id(0)
         nprog = gl.num_programs(0)
         pid_m, pid_n = _tile_mn(pid, num_pid_m, num_pid_n, GROUP)
-        first = pid_m * BM * N + pid_n * BN
-        first_live = _rows_below(row_ids, M - pid_m * BM, TAIL)
-        e_cur = gl.load(e_ptr + first + offs, mask=first_live, eviction_policy="evict_first")
-        g_cur = gl.load(g_ptr + first + offs, mask=first_live, eviction_policy="evict_first")
+        first, first_rows = pid_m * BM * N + pid_n * BN, M - pid_m * BM
+        here = (first, first_rows, first, first_rows)
+        e_cur, g_cur = _load_subtile(e_ptr, g_ptr, offs, row_ids, 0, here, N, NR, NSUB, TAIL)
+        if PREFETCH == 2:
+            e_mid, g_mid = _load_subtile(e_ptr, g_ptr, offs, row_ids, 1, here, N, NR, NSUB, TAIL)
         t = 0
         for tile_id in range(pid, num_tiles, nprog):
             pid_m, pid_n = _tile_mn(tile_id, num_pid_m, num_pid_n, GROUP)
             base = pid_m * BM * N + pid_n * BN
-            # The next tile's first subtile is prefetched in the last iteration (after this
+            # The next tile's first subtiles are prefetched in the last iterations (after this
             # CTA's last tile, the grid's last tile: read, never used).
             nxt_m, nxt_n = _tile_mn(
                 gl.minimum(tile_id + nprog, num_tiles - 1), num_pid_m, num_pid_n, GROUP
             )
-            nxt_base = nxt_m * BM * N + nxt_n * BN
+            tiles = (base, M - pid_m * BM, nxt_m * BM * N + nxt_n * BN, M - nxt_m * BM)
             mbarrier.wait(c_ready, t & 1)
             for j in range(NSUB):
-                jn = (j + 1) % NSUB
-                nb = gl.where(jn == 0, nxt_base, base)
-                pn = nb + (jn % NR) * SM * N + (jn // NR) * SN
-                rows_left = gl.where(jn == 0, M - nxt_m * BM, M - pid_m * BM) - (jn % NR) * SM
-                # Each mask is made where it is used: one carried to the stores spills a
-                # GELU-tanh epilogue's registers when M is not a multiple of 16.
-                nxt_live = _rows_below(row_ids, rows_left, TAIL)
-                e_nxt = gl.load(e_ptr + pn + offs, mask=nxt_live, eviction_policy="evict_first")
-                g_nxt = gl.load(g_ptr + pn + offs, mask=nxt_live, eviction_policy="evict_first")
+                nj = j + PREFETCH
+                e_nxt, g_nxt = _load_subtile(
+                    e_ptr, g_ptr, offs, row_ids, nj, tiles, N, NR, NSUB, TAIL
+                )
                 dh = subs.index(j).load(blk).to(gl.float32)
                 ef = e_cur.to(gl.float32)
                 gf = g_cur.to(gl.float32)
@@ -302,11 +300,35 @@ if gluon is not None:
                 gl.store(de_ptr + o, (dh * gf * da).to(de_ptr.dtype.element_ty), mask=live)
                 gl.store(dg_ptr + o, (dh * a).to(dg_ptr.dtype.element_ty), mask=live)
                 gl.store(h_ptr + o, (a * gf).to(h_ptr.dtype.element_ty), mask=live)
-                e_cur = e_nxt
-                g_cur = g_nxt
+                if PREFETCH == 2:
+                    e_cur, g_cur = e_mid, g_mid
+                    e_mid, g_mid = e_nxt, g_nxt
+                else:
+                    e_cur, g_cur = e_nxt, g_nxt
             _barrier()  # both warps have read the whole tile
             mbarrier.arrive(c_empty, count=1)
             t += 1  # noqa: SIM113 (Gluon loops have no enumerate)
+
+    @gluon.jit
+    def _load_subtile(
+        e_ptr, g_ptr, offs, row_ids, j, tiles, N, NR: gl.constexpr, NSUB: gl.constexpr,
+        TAIL: gl.constexpr,
+    ):  # fmt: skip
+        """``e`` and ``g`` of subtile ``j`` (``[SM, SN]``, ``offs``' shape; ``NR`` per column
+        block) of the tile ``tiles`` names first, or for ``j >= NSUB`` of subtile ``j - NSUB``
+        of the one it names second: ``(start, rows left)`` of each. Its mask is made here,
+        where it is used: one carried to the stores spills a GELU-tanh epilogue's registers
+        when ``M`` is not a multiple of 16."""
+        SM: gl.constexpr = offs.shape[0]
+        SN: gl.constexpr = offs.shape[1]
+        base, rows, nxt_base, nxt_rows = tiles
+        later = j >= NSUB
+        jj = j % NSUB
+        start = gl.where(later, nxt_base, base) + (jj % NR) * SM * N + (jj // NR) * SN
+        live = _rows_below(row_ids, gl.where(later, nxt_rows, rows) - (jj % NR) * SM, TAIL)
+        e = gl.load(e_ptr + start + offs, mask=live, eviction_policy="evict_first")
+        g = gl.load(g_ptr + start + offs, mask=live, eviction_policy="evict_first")
+        return e, g
 
     @gluon.jit
     def _rows_below(row_ids, bound, TAIL: gl.constexpr):
@@ -319,8 +341,8 @@ if gluon is not None:
     def _kernel(
         dy_desc, dxa_desc, w_desc, a_desc, e_ptr, g_ptr, de_ptr, dg_ptr, h_ptr, M, N, K, r,
         ACTIVATION: gl.constexpr, STAGES: gl.constexpr, GROUP: gl.constexpr,
-        EPI_WARPS: gl.constexpr, WORKER_REGS: gl.constexpr, SN: gl.constexpr,
-        TAIL: gl.constexpr,
+        EPI_WARPS: gl.constexpr, WORKER_REGS: gl.constexpr, SM: gl.constexpr, SN: gl.constexpr,
+        TAIL: gl.constexpr, PREFETCH: gl.constexpr,
     ):  # fmt: skip
         BM: gl.constexpr = dy_desc.block_type.shape[0]
         BK: gl.constexpr = dy_desc.block_type.shape[1]
@@ -352,8 +374,8 @@ if gluon is not None:
                                    empty, num_pid_m, num_pid_n, k_tiles, r_tiles, STAGES,
                                    GROUP)),
                 (_epilogue_partition, (e_ptr, g_ptr, de_ptr, dg_ptr, h_ptr, c_smem, c_ready,
-                                       c_empty, num_pid_m, num_pid_n, M, N, ACTIVATION, SN,
-                                       GROUP, EPI_WARPS, TAIL)),
+                                       c_empty, num_pid_m, num_pid_n, M, N, ACTIVATION, SM, SN,
+                                       GROUP, EPI_WARPS, TAIL, PREFETCH)),
             ],
             [1, EPI_WARPS],
             [WORKER_REGS, WORKER_REGS],
