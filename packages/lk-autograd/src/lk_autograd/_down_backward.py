@@ -137,6 +137,15 @@ def down_backward(
     ``"gelu_tanh"``. With ``inplace``, ``de`` and ``dg`` overwrite ``e`` and ``g``. ``dA`` is
     cuBLAS's ``dXA^T h`` over the ``h`` the kernel stores. The caller checks
     ``fusable_down_backward`` first; ``dXA`` is ``[M, r]`` in ``A``'s dtype."""
+    de, dg, h = gated_grads(dY, W, dXA, A, e, g, activation, inplace)
+    return de, dg, dXA.t() @ h
+
+
+def gated_grads(
+    dY: Tensor, W: Tensor, dXA: Tensor, A: Tensor, e: Tensor, g: Tensor, activation: str,
+    inplace: bool,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """The kernel alone: ``(de, dg, h)``, as ``down_backward`` describes."""
     BM, BN, BK = _TILE
     (M, K), N, r = dY.shape, W.shape[1], A.shape[0]
     if W.shape[0] != K or dXA.shape != (M, r) or not _aligned(dXA):
@@ -158,7 +167,7 @@ def down_backward(
                "SN": _SUBTILE[1], "TAIL": M % BM != 0, "PREFETCH": _PREFETCH,
                "num_warps": _MMA_WARPS}  # fmt: skip
     _launch(min(persistent_programs(dY), tiles), args, options)
-    return de, dg, dXA.t() @ h
+    return de, dg, h
 
 
 def _launch(programs: int, args: Sequence[Any], options: dict[str, Any]) -> None:
