@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Twenty-fourth session, call 3: down_backward's mainloop variants (BK, stages, GROUP_M).
+set -uo pipefail
+export OUT
+src=""
+for p in packages/*/src integrations/*/src; do src="$src:$PWD/$p"; done
+export PYTHONPATH="$src:$PWD:$PWD/tools"
+timeout 280 python3 benchmarks/2026-12-07-s24/mainloop_variants.py 5 2>&1 | tee "$OUT/mainloop.txt"
