@@ -1,7 +1,8 @@
-"""Twenty-fourth session, call 3: down_backward's mainloop: K step (BK), stages and the
-grouped raster's GROUP_M. For each variant, gated_grads' de and dg are checked against the
-separate route (8192 and 8191 tokens, SiLU, r = 16); then the kernel's CUDA graph is replayed
-in turn with every other variant's and the bare cuBLAS dY W, over ROUNDS alternated rounds.
+"""Twenty-fourth session, call 3: down_backward's mainloop: K step (BK), stages, the
+grouped raster's GROUP_M and the epilogue stores' L2 eviction policy. For each variant,
+gated_grads' de and dg are checked against the separate route (8192 and 8191 tokens, SiLU,
+r = 16); then the kernel's CUDA graph is replayed in turn with every other variant's and the
+bare cuBLAS dY W, over ROUNDS alternated rounds.
 """
 
 import statistics
@@ -15,16 +16,20 @@ from lk_autograd import _down_backward as db
 from lk_autograd import _linear as L
 from lk_autograd._activation_backward import activation_backward_with_dA
 
-# (BK, stages, GROUP_M); the first is the shipped configuration.
-VARIANTS = [(64, 3, 8), (32, 6, 8), (32, 5, 8), (64, 3, 16), (32, 6, 16), (64, 3, 4)]
+# (BK, stages, GROUP_M, the stores' L2 eviction policy); the first is the shipped configuration.
+VARIANTS = [
+    (64, 3, 8, ""), (32, 6, 8, ""), (32, 5, 8, ""), (64, 3, 16, ""), (32, 6, 16, ""),
+    (64, 3, 8, "evict_first"), (32, 6, 8, "evict_first"),
+]  # fmt: skip
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 
 
-def set_variant(bk: int, stages: int, group: int) -> None:
+def set_variant(bk: int, stages: int, group: int, store_eviction: str) -> None:
     db._TILE, db._STAGES, db._GROUP_M = (128, 256, bk), stages, group
+    db._STORE_EVICTION = store_eviction
 
 
-def check(variant: tuple[int, int, int]) -> str:
+def check(variant: tuple[int, int, int, str]) -> str:
     worst = 0.0
     for tokens in (8192, 8191):
         dY, W, dXA, A, e, g = data(tokens)
@@ -50,10 +55,10 @@ def main() -> None:
     for _ in range(ROUNDS):
         for k, graph in graphs.items():
             times[k].append(timed_ms(graph.replay))
-    print(f"{'BK, stages, GROUP_M':<20} {'max rel diff':>12} {'median ms':>10}  rounds")
+    print(f"{'BK, stages, GROUP_M, stores':<34} {'max rel diff':>12} {'median ms':>10}  rounds")
     for k, ts in times.items():
         print(
-            f"{k!s:<20} {checks.get(k, ''):>12} {statistics.median(ts):>10.3f}  "
+            f"{k!s:<34} {checks.get(k, ''):>12} {statistics.median(ts):>10.3f}  "
             + " ".join(f"{t:.3f}" for t in ts)
         )
 

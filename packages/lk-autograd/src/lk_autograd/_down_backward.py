@@ -92,6 +92,7 @@ _MMA_WARPS = 8
 _EPILOGUE_WARPS = 2
 _WORKER_REGS = 168  # the 1 + 2 worker warps share one warpgroup: the same register count
 _SUBTILE = (32, 64)  # epilogue subtiles: [SM, SN], SN = one 128-byte swizzle column block
+_STORE_EVICTION = ""  # the L2 eviction policy of the de, dg and h stores
 _PREFETCH = 1  # the epilogue loads e and g this many subtiles ahead (1 or 2)
 _INT32_LIMIT = 2**31  # the epilogue's offsets are int32
 # The activations whose kernel was timed faster than the separate route (H100, 8192 tokens,
@@ -165,6 +166,7 @@ def gated_grads(
     options = {"ACTIVATION": _ACTIVATION[activation], "STAGES": _STAGES, "GROUP": _GROUP_M,
                "EPI_WARPS": _EPILOGUE_WARPS, "WORKER_REGS": _WORKER_REGS, "SM": _SUBTILE[0],
                "SN": _SUBTILE[1], "TAIL": M % BM != 0, "PREFETCH": _PREFETCH,
+               "STORE_EVICTION": _STORE_EVICTION,
                "num_warps": _MMA_WARPS}  # fmt: skip
     _launch(min(persistent_programs(dY), tiles), args, options)
     return de, dg, h
@@ -251,6 +253,7 @@ if gluon is not None:
         e_ptr, g_ptr, de_ptr, dg_ptr, h_ptr, c_smem, c_ready, c_empty, num_pid_m, num_pid_n, M,
         N, ACTIVATION: gl.constexpr, SM: gl.constexpr, SN: gl.constexpr, GROUP: gl.constexpr,
         EPI_WARPS: gl.constexpr, TAIL: gl.constexpr, PREFETCH: gl.constexpr,
+        STORE_EVICTION: gl.constexpr,
     ):  # fmt: skip
         """``de``, ``dg`` and ``h`` from each ``dh`` tile, one ``[SM, SN]`` subtile per
         iteration of a runtime loop. The 128-byte-swizzled ``[BM, BN]`` buffer is ``BN / SN``
@@ -306,9 +309,24 @@ if gluon is not None:
                 a, da = activation_and_derivative(ef, ACTIVATION)
                 o = base + (j % NR) * SM * N + (j // NR) * SN + offs
                 live = _rows_below(row_ids, M - pid_m * BM - (j % NR) * SM, TAIL)
-                gl.store(de_ptr + o, (dh * gf * da).to(de_ptr.dtype.element_ty), mask=live)
-                gl.store(dg_ptr + o, (dh * a).to(dg_ptr.dtype.element_ty), mask=live)
-                gl.store(h_ptr + o, (a * gf).to(h_ptr.dtype.element_ty), mask=live)
+                gl.store(
+                    de_ptr + o,
+                    (dh * gf * da).to(de_ptr.dtype.element_ty),
+                    mask=live,
+                    eviction_policy=STORE_EVICTION,
+                )
+                gl.store(
+                    dg_ptr + o,
+                    (dh * a).to(dg_ptr.dtype.element_ty),
+                    mask=live,
+                    eviction_policy=STORE_EVICTION,
+                )
+                gl.store(
+                    h_ptr + o,
+                    (a * gf).to(h_ptr.dtype.element_ty),
+                    mask=live,
+                    eviction_policy=STORE_EVICTION,
+                )
                 if PREFETCH == 2:
                     e_cur, g_cur = e_mid, g_mid
                     e_mid, g_mid = e_nxt, g_nxt
@@ -351,7 +369,7 @@ if gluon is not None:
         dy_desc, dxa_desc, w_desc, a_desc, e_ptr, g_ptr, de_ptr, dg_ptr, h_ptr, M, N, K, r,
         ACTIVATION: gl.constexpr, STAGES: gl.constexpr, GROUP: gl.constexpr,
         EPI_WARPS: gl.constexpr, WORKER_REGS: gl.constexpr, SM: gl.constexpr, SN: gl.constexpr,
-        TAIL: gl.constexpr, PREFETCH: gl.constexpr,
+        TAIL: gl.constexpr, PREFETCH: gl.constexpr, STORE_EVICTION: gl.constexpr,
     ):  # fmt: skip
         BM: gl.constexpr = dy_desc.block_type.shape[0]
         BK: gl.constexpr = dy_desc.block_type.shape[1]
@@ -384,7 +402,8 @@ if gluon is not None:
                                    GROUP)),
                 (_epilogue_partition, (e_ptr, g_ptr, de_ptr, dg_ptr, h_ptr, c_smem, c_ready,
                                        c_empty, num_pid_m, num_pid_n, M, N, ACTIVATION, SM, SN,
-                                       GROUP, EPI_WARPS, TAIL, PREFETCH)),
+                                       GROUP, EPI_WARPS, TAIL, PREFETCH,
+                                       STORE_EVICTION)),
             ],
             [1, EPI_WARPS],
             [WORKER_REGS, WORKER_REGS],
