@@ -5,4 +5,4 @@ export OUT
 src=""
 for p in packages/*/src integrations/*/src; do src="$src:$PWD/$p"; done
 export PYTHONPATH="$src:$PWD:$PWD/tools"
-timeout 280 python3 benchmarks/2026-12-07-s24/mainloop_variants.py 5 2>&1 | tee "$OUT/mainloop.txt"
+timeout 170 python3 benchmarks/2026-12-07-s24/mainloop_variants.py 3 2>&1 | tee "$OUT/mainloop.txt"
