@@ -4,6 +4,8 @@ For each (SM, PREFETCH) the kernel's outputs are checked against the separate ro
 8191 tokens, SiLU, r = 16), then every variant's CUDA graph is replayed in turn over ROUNDS
 alternated rounds with the bare cuBLAS dY W; medians printed last. Run on an sm_90 GPU with
 tools/ and the workspace on PYTHONPATH (tools/gpu_session.sh sets it).
+A record: it ran against the kernel as it was then (28c80cf: _PREFETCH; removed once timed no
+faster).
 """
 
 import statistics

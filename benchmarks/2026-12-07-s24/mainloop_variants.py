@@ -3,6 +3,8 @@ grouped raster's GROUP_M and the epilogue stores' L2 eviction policy. For each v
 gated_grads' de and dg are checked against the separate route (8192 and 8191 tokens, SiLU,
 r = 16); then the kernel's CUDA graph is replayed in turn with every other variant's and the
 bare cuBLAS dY W, over ROUNDS alternated rounds.
+A record: it ran against the kernel as it was then (5eb9908: _STORE_EVICTION; removed once timed no
+faster).
 """
 
 import statistics

@@ -28,6 +28,14 @@ persistent (one CTA per SM, output tiles grouped along M for L2 reuse) and warp-
   specialization of its own) are the last row block's rows past ``M`` masked (TMA
   zero-fills ``dY`` and ``dXA`` there); the columns are not: ``N`` is a multiple of 256.
 
+Where the time goes (H100, ``dY`` ``[8192, 4096]``, twenty-fourth session, BENCHMARKS.md): the
+kernel (``gated_grads``) 1.586 ms and cuBLAS's ``dA`` 0.090 (near HBM bandwidth) against 1.398
+for the bare cuBLAS ``dY W``. Under ncu the epilogue warps wait ~40% of the time for the next
+tile, so the epilogue is not the bound: the mainloop is (tensor pipe 82% busy against cuBLAS's
+93% at the same clock), its MMA warps waiting on TMA data and on two partition-wide
+``bar.sync`` per K step. Deeper prefetch in the epilogue, smaller subtiles, BK = 32 with 5 or
+6 stages, ``GROUP_M`` = 16 and evict-first stores were each timed no faster.
+
 Two epilogue warps, not four: Triton caps every partition's registers at ``65536 / threads``,
 and 8 + 1 + 4 warps (padded to 16) leaves 128, below what the ``128 x 256`` wgmma needs; 8 + 1 +
 2 warps gives 168. Measured on an H100 at ``M, N, K = 8192, 14336, 4096`` (BENCHMARKS.md,
@@ -92,8 +100,6 @@ _MMA_WARPS = 8
 _EPILOGUE_WARPS = 2
 _WORKER_REGS = 168  # the 1 + 2 worker warps share one warpgroup: the same register count
 _SUBTILE = (32, 64)  # epilogue subtiles: [SM, SN], SN = one 128-byte swizzle column block
-_STORE_EVICTION = ""  # the L2 eviction policy of the de, dg and h stores
-_PREFETCH = 1  # the epilogue loads e and g this many subtiles ahead (1 or 2)
 _INT32_LIMIT = 2**31  # the epilogue's offsets are int32
 # The activations whose kernel was timed faster than the separate route (H100, 8192 tokens,
 # r = 16, twenty-third session, tools/bench_down_backward.py --activations): SiLU 1.626 against
@@ -165,9 +171,7 @@ def gated_grads(
     args = [*descs, e, g, de, dg, h, M, N, K, r]
     options = {"ACTIVATION": _ACTIVATION[activation], "STAGES": _STAGES, "GROUP": _GROUP_M,
                "EPI_WARPS": _EPILOGUE_WARPS, "WORKER_REGS": _WORKER_REGS, "SM": _SUBTILE[0],
-               "SN": _SUBTILE[1], "TAIL": M % BM != 0, "PREFETCH": _PREFETCH,
-               "STORE_EVICTION": _STORE_EVICTION,
-               "num_warps": _MMA_WARPS}  # fmt: skip
+               "SN": _SUBTILE[1], "TAIL": M % BM != 0, "num_warps": _MMA_WARPS}  # fmt: skip
     _launch(min(persistent_programs(dY), tiles), args, options)
     return de, dg, h
 
@@ -252,8 +256,7 @@ if gluon is not None:
     def _epilogue_partition(
         e_ptr, g_ptr, de_ptr, dg_ptr, h_ptr, c_smem, c_ready, c_empty, num_pid_m, num_pid_n, M,
         N, ACTIVATION: gl.constexpr, SM: gl.constexpr, SN: gl.constexpr, GROUP: gl.constexpr,
-        EPI_WARPS: gl.constexpr, TAIL: gl.constexpr, PREFETCH: gl.constexpr,
-        STORE_EVICTION: gl.constexpr,
+        EPI_WARPS: gl.constexpr, TAIL: gl.constexpr,
     ):  # fmt: skip
         """``de``, ``dg`` and ``h`` from each ``dh`` tile, one ``[SM, SN]`` subtile per
         iteration of a runtime loop. The 128-byte-swizzled ``[BM, BN]`` buffer is ``BN / SN``
@@ -261,7 +264,6 @@ if gluon is not None:
         ``[NSUB, SM, SN]``, column block major."""
         BM: gl.constexpr = c_smem.shape[0]
         BN: gl.constexpr = c_smem.shape[1]
-        gl.static_assert(PREFETCH == 1 or PREFETCH == 2, "PREFETCH: 1 or 2 subtiles ahead")
         NR: gl.constexpr = BM // SM  # row subtiles per column block
         NSUB: gl.constexpr = NR * (BN // SN)
         VEC: gl.constexpr = 8
@@ -282,80 +284,45 @@ if gluon is not None:
         pid = gl.program_id(0)
         nprog = gl.num_programs(0)
         pid_m, pid_n = _tile_mn(pid, num_pid_m, num_pid_n, GROUP)
-        first, first_rows = pid_m * BM * N + pid_n * BN, M - pid_m * BM
-        here = (first, first_rows, first, first_rows)
-        e_cur, g_cur = _load_subtile(e_ptr, g_ptr, offs, row_ids, 0, here, N, NR, NSUB, TAIL)
-        if PREFETCH == 2:
-            e_mid, g_mid = _load_subtile(e_ptr, g_ptr, offs, row_ids, 1, here, N, NR, NSUB, TAIL)
+        first = pid_m * BM * N + pid_n * BN
+        first_live = _rows_below(row_ids, M - pid_m * BM, TAIL)
+        e_cur = gl.load(e_ptr + first + offs, mask=first_live, eviction_policy="evict_first")
+        g_cur = gl.load(g_ptr + first + offs, mask=first_live, eviction_policy="evict_first")
         t = 0
         for tile_id in range(pid, num_tiles, nprog):
             pid_m, pid_n = _tile_mn(tile_id, num_pid_m, num_pid_n, GROUP)
             base = pid_m * BM * N + pid_n * BN
-            # The next tile's first subtiles are prefetched in the last iterations (after this
+            # The next tile's first subtile is prefetched in the last iteration (after this
             # CTA's last tile, the grid's last tile: read, never used).
             nxt_m, nxt_n = _tile_mn(
                 gl.minimum(tile_id + nprog, num_tiles - 1), num_pid_m, num_pid_n, GROUP
             )
-            tiles = (base, M - pid_m * BM, nxt_m * BM * N + nxt_n * BN, M - nxt_m * BM)
+            nxt_base = nxt_m * BM * N + nxt_n * BN
             mbarrier.wait(c_ready, t & 1)
             for j in range(NSUB):
-                nj = j + PREFETCH
-                e_nxt, g_nxt = _load_subtile(
-                    e_ptr, g_ptr, offs, row_ids, nj, tiles, N, NR, NSUB, TAIL
-                )
+                jn = (j + 1) % NSUB
+                nb = gl.where(jn == 0, nxt_base, base)
+                pn = nb + (jn % NR) * SM * N + (jn // NR) * SN
+                rows_left = gl.where(jn == 0, M - nxt_m * BM, M - pid_m * BM) - (jn % NR) * SM
+                # Each mask is made where it is used: one carried to the stores spills a
+                # GELU-tanh epilogue's registers when M is not a multiple of 16.
+                nxt_live = _rows_below(row_ids, rows_left, TAIL)
+                e_nxt = gl.load(e_ptr + pn + offs, mask=nxt_live, eviction_policy="evict_first")
+                g_nxt = gl.load(g_ptr + pn + offs, mask=nxt_live, eviction_policy="evict_first")
                 dh = subs.index(j).load(blk).to(gl.float32)
                 ef = e_cur.to(gl.float32)
                 gf = g_cur.to(gl.float32)
                 a, da = activation_and_derivative(ef, ACTIVATION)
                 o = base + (j % NR) * SM * N + (j // NR) * SN + offs
                 live = _rows_below(row_ids, M - pid_m * BM - (j % NR) * SM, TAIL)
-                gl.store(
-                    de_ptr + o,
-                    (dh * gf * da).to(de_ptr.dtype.element_ty),
-                    mask=live,
-                    eviction_policy=STORE_EVICTION,
-                )
-                gl.store(
-                    dg_ptr + o,
-                    (dh * a).to(dg_ptr.dtype.element_ty),
-                    mask=live,
-                    eviction_policy=STORE_EVICTION,
-                )
-                gl.store(
-                    h_ptr + o,
-                    (a * gf).to(h_ptr.dtype.element_ty),
-                    mask=live,
-                    eviction_policy=STORE_EVICTION,
-                )
-                if PREFETCH == 2:
-                    e_cur, g_cur = e_mid, g_mid
-                    e_mid, g_mid = e_nxt, g_nxt
-                else:
-                    e_cur, g_cur = e_nxt, g_nxt
+                gl.store(de_ptr + o, (dh * gf * da).to(de_ptr.dtype.element_ty), mask=live)
+                gl.store(dg_ptr + o, (dh * a).to(dg_ptr.dtype.element_ty), mask=live)
+                gl.store(h_ptr + o, (a * gf).to(h_ptr.dtype.element_ty), mask=live)
+                e_cur = e_nxt
+                g_cur = g_nxt
             _barrier()  # both warps have read the whole tile
             mbarrier.arrive(c_empty, count=1)
             t += 1  # noqa: SIM113 (Gluon loops have no enumerate)
-
-    @gluon.jit
-    def _load_subtile(
-        e_ptr, g_ptr, offs, row_ids, j, tiles, N, NR: gl.constexpr, NSUB: gl.constexpr,
-        TAIL: gl.constexpr,
-    ):  # fmt: skip
-        """``e`` and ``g`` of subtile ``j`` (``[SM, SN]``, ``offs``' shape; ``NR`` per column
-        block) of the tile ``tiles`` names first, or for ``j >= NSUB`` of subtile ``j - NSUB``
-        of the one it names second: ``(start, rows left)`` of each. Its mask is made here,
-        where it is used: one carried to the stores spills a GELU-tanh epilogue's registers
-        when ``M`` is not a multiple of 16."""
-        SM: gl.constexpr = offs.shape[0]
-        SN: gl.constexpr = offs.shape[1]
-        base, rows, nxt_base, nxt_rows = tiles
-        later = j >= NSUB
-        jj = j % NSUB
-        start = gl.where(later, nxt_base, base) + (jj % NR) * SM * N + (jj // NR) * SN
-        live = _rows_below(row_ids, gl.where(later, nxt_rows, rows) - (jj % NR) * SM, TAIL)
-        e = gl.load(e_ptr + start + offs, mask=live, eviction_policy="evict_first")
-        g = gl.load(g_ptr + start + offs, mask=live, eviction_policy="evict_first")
-        return e, g
 
     @gluon.jit
     def _rows_below(row_ids, bound, TAIL: gl.constexpr):
@@ -369,7 +336,7 @@ if gluon is not None:
         dy_desc, dxa_desc, w_desc, a_desc, e_ptr, g_ptr, de_ptr, dg_ptr, h_ptr, M, N, K, r,
         ACTIVATION: gl.constexpr, STAGES: gl.constexpr, GROUP: gl.constexpr,
         EPI_WARPS: gl.constexpr, WORKER_REGS: gl.constexpr, SM: gl.constexpr, SN: gl.constexpr,
-        TAIL: gl.constexpr, PREFETCH: gl.constexpr, STORE_EVICTION: gl.constexpr,
+        TAIL: gl.constexpr,
     ):  # fmt: skip
         BM: gl.constexpr = dy_desc.block_type.shape[0]
         BK: gl.constexpr = dy_desc.block_type.shape[1]
@@ -402,8 +369,7 @@ if gluon is not None:
                                    GROUP)),
                 (_epilogue_partition, (e_ptr, g_ptr, de_ptr, dg_ptr, h_ptr, c_smem, c_ready,
                                        c_empty, num_pid_m, num_pid_n, M, N, ACTIVATION, SM, SN,
-                                       GROUP, EPI_WARPS, TAIL, PREFETCH,
-                                       STORE_EVICTION)),
+                                       GROUP, EPI_WARPS, TAIL)),
             ],
             [1, EPI_WARPS],
             [WORKER_REGS, WORKER_REGS],
