@@ -1,5 +1,5 @@
 """Call 3: tests/autograd/test_down_backward.py with down_backward's mainloop set to one of
-mainloop_variants.py's variants: ``python3 test_variant.py BK STAGES GROUP_M``."""
+mainloop_variants.py's variants: ``python3 variant_tests.py BK STAGES GROUP_M``."""
 
 import sys
 
