@@ -6,4 +6,5 @@ src=""
 for p in packages/*/src integrations/*/src; do src="$src:$PWD/$p"; done
 export PYTHONPATH="$src:$PWD:$PWD/tools"
 timeout 170 python3 benchmarks/2026-12-07-s24/mainloop_variants.py 3 2>&1 | tee "$OUT/mainloop.txt"
-timeout 60 python3 benchmarks/2026-12-07-s24/variant_tests.py 32 6 8  # (ran as test_variant.py) 2>&1 | tail -3
+# (ran as test_variant.py, renamed after)
+timeout 60 python3 benchmarks/2026-12-07-s24/variant_tests.py 32 6 8 2>&1 | tail -3
