@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import torch
 import torch.nn.functional as F
@@ -250,6 +250,18 @@ def graph_ms(step: Callable[[], None]) -> float:
     return ms
 
 
+def alternated_ms(
+    graphs: dict[Hashable, torch.cuda.CUDAGraph], rounds: int
+) -> dict[Hashable, list[float]]:
+    """Each graph's replays timed (``timed_ms``) in turn, ``rounds`` times, so that the card's
+    clock drift falls on all of them alike: the times of each, in round order."""
+    times: dict[Hashable, list[float]] = {k: [] for k in graphs}
+    for _ in range(rounds):
+        for k, graph in graphs.items():
+            times[k].append(timed_ms(graph.replay))
+    return times
+
+
 def mlp_ab_rows(rounds: int, switch: str, nf4: bool = False) -> list[dict]:
     """The r = 16 MLP block with one of ``lk_autograd._mlp``'s routes on and off (``switch``,
     the name of its gate function, replaced by one that says no): both captured once as CUDA
@@ -272,12 +284,11 @@ def mlp_ab_rows(rounds: int, switch: str, nf4: bool = False) -> list[dict]:
             memory[on] = held_and_peak(ours_mlp, m, X, dYs)
     finally:
         setattr(mlp, switch, real)
-    floor_graph = capture_graph(floor(m, "mlp", X, dYs))
+    times = alternated_ms({"floor": capture_graph(floor(m, "mlp", X, dYs)), **graphs}, rounds)
     rows = []
-    for i in range(rounds):
-        floor_ms = timed_ms(floor_graph.replay)
+    for i, floor_ms in enumerate(times["floor"]):
         for on in (True, False):
-            ms = timed_ms(graphs[on].replay)
+            ms = times[on][i]
             held, peak = memory[on]
             rows.append({"round": i, switch: on, "graph_ms": ms, "x_floor": ms / floor_ms,
                          "floor_ms": floor_ms, "held_mib": held, "peak_mib": peak})  # fmt: skip

@@ -12,7 +12,7 @@ import statistics
 import sys
 
 import torch
-from bench_lora_blocks import capture_graph, timed_ms
+from bench_lora_blocks import alternated_ms, capture_graph
 
 from lk_autograd import _down_backward as db
 from lk_autograd import _linear as L
@@ -58,10 +58,7 @@ def main() -> None:
     for v in VARIANTS:
         set_variant(*v)
         graphs[v] = capture_graph(lambda: db.down_backward(dY, W, dXA, A, e, g, "silu", False))
-    times = {k: [] for k in graphs}
-    for _ in range(ROUNDS):
-        for k, graph in graphs.items():
-            times[k].append(timed_ms(graph.replay))
+    times = alternated_ms(graphs, ROUNDS)
     print(f"{'variant':<16} {'max rel diff':>12} {'median ms':>10}  rounds")
     for k, ts in times.items():
         name = k if isinstance(k, str) else f"SM={k[0]} P={k[1]}"

@@ -53,19 +53,10 @@ def _kernel_dx(
     BM: gl.constexpr = dy_desc.block_type.shape[0]
     BK: gl.constexpr = dy_desc.block_type.shape[1]
     BN: gl.constexpr = w_desc.block_type.shape[1]
-    dtype: gl.constexpr = dy_desc.dtype
-    a_bufs = gl.allocate_shared_memory(dtype, [STAGES, BM, BK], dy_desc.layout)
-    b_bufs = gl.allocate_shared_memory(dtype, [STAGES, BK, BN], w_desc.layout)
-    c_smem = gl.allocate_shared_memory(dtype, [BM, BN], y_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    c_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    c_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES):
-        mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=1)
-    mbarrier.init(c_ready, count=1)
-    mbarrier.init(c_empty, count=1)
+    # c_smem's layout, NVMMASharedLayout(128, 16), is y_desc's
+    a_bufs, b_bufs, c_smem, ready, empty, c_ready, c_empty = db._shared_state(
+        dy_desc, w_desc, STAGES, 1
+    )
     num_pid_m = gl.cdiv(M, BM)
     num_pid_n = gl.cdiv(N, BN)
     k_tiles = gl.cdiv(K, BK)
@@ -82,11 +73,7 @@ def _kernel_dx(
         [1, 1],
         [db._WORKER_REGS, db._WORKER_REGS],
     )  # fmt: skip
-    for i in gl.static_range(STAGES):
-        mbarrier.invalidate(ready.index(i))
-        mbarrier.invalidate(empty.index(i))
-    mbarrier.invalidate(c_ready)
-    mbarrier.invalidate(c_empty)
+    db._invalidate(ready, empty, c_ready, c_empty, STAGES)
 
 
 def gluon_dx(dY, W, dXA, A, compile_only=False):
@@ -124,7 +111,7 @@ def compile_report() -> None:
 
 
 def shape_row(M: int, K: int, N: int, r: int) -> str:
-    from bench_lora_blocks import capture_graph, timed_ms
+    from bench_lora_blocks import alternated_ms, capture_graph
 
     torch.manual_seed(M + N)
     bf16 = {"device": "cuda", "dtype": torch.bfloat16}
@@ -139,10 +126,7 @@ def shape_row(M: int, K: int, N: int, r: int) -> str:
     gluon_out, gemm_out = steps["Gluon"](), steps["_gemm"]()
     errs = [((out.double() - ref).norm() / ref.norm()).item() for out in (gluon_out, gemm_out)]
     graphs = {k: capture_graph(f) for k, f in steps.items()}
-    times = {k: [] for k in graphs}
-    for _ in range(5):
-        for k, graph in graphs.items():
-            times[k].append(timed_ms(graph.replay))
+    times = alternated_ms(graphs, 5)
     ms = ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in times.items())
     return (f"M, K, N = {M}, {K}, {N}, r = {r}: rel err vs float64 Gluon {errs[0]:.2e}, _gemm "
             f"{errs[1]:.2e}, same bits {torch.equal(gluon_out, gemm_out)}; ms {ms}")  # fmt: skip

@@ -11,7 +11,7 @@ import statistics
 import sys
 
 import torch
-from bench_lora_blocks import capture_graph, timed_ms
+from bench_lora_blocks import alternated_ms, capture_graph
 from epilogue_variants import data
 
 from lk_autograd import _down_backward as db
@@ -52,10 +52,7 @@ def main() -> None:
     for v in VARIANTS:
         set_variant(*v)
         graphs[v] = capture_graph(lambda: db.gated_grads(dY, W, dXA, A, e, g, "silu", False))
-    times = {k: [] for k in graphs}
-    for _ in range(ROUNDS):
-        for k, graph in graphs.items():
-            times[k].append(timed_ms(graph.replay))
+    times = alternated_ms(graphs, ROUNDS)
     print(f"{'BK, stages, GROUP_M, stores':<34} {'max rel diff':>12} {'median ms':>10}  rounds")
     for k, ts in times.items():
         print(

@@ -10,7 +10,7 @@ import subprocess
 import time
 
 import torch
-from bench_lora_blocks import capture_graph, timed_ms
+from bench_lora_blocks import alternated_ms, capture_graph
 from epilogue_variants import data
 
 from lk_autograd import _down_backward as db
@@ -55,10 +55,7 @@ def main() -> None:
         "dA = (h^T dXA)^T": lambda: (h.t() @ dXA).t(),
     }
     graphs = {k: capture_graph(f) for k, f in steps.items()}
-    times = {k: [] for k in graphs}
-    for _ in range(ROUNDS):
-        for k, graph in graphs.items():
-            times[k].append(timed_ms(graph.replay))
+    times = alternated_ms(graphs, ROUNDS)
     for k, ts in times.items():
         print(f"{k:<22} {statistics.median(ts):.3f} ms  " + " ".join(f"{t:.3f}" for t in ts))
     for k in ("cuBLAS dY W", "gated_grads (kernel)", "cuBLAS dY W", "gated_grads (kernel)"):

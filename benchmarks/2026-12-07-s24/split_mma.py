@@ -81,19 +81,10 @@ def _kernel_split(
     BM: gl.constexpr = dy_desc.block_type.shape[0]
     BK: gl.constexpr = dy_desc.block_type.shape[1]
     BN: gl.constexpr = w_desc.block_type.shape[1]
-    dtype: gl.constexpr = dy_desc.dtype
-    a_bufs = gl.allocate_shared_memory(dtype, [STAGES, BM, BK], dy_desc.layout)
-    b_bufs = gl.allocate_shared_memory(dtype, [STAGES, BK, BN], w_desc.layout)
-    c_smem = gl.allocate_shared_memory(dtype, [BM, BN], gl.NVMMASharedLayout(128, 16))
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    c_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    c_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES):
-        mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=2)  # one arrive per warpgroup
-    mbarrier.init(c_ready, count=2)
-    mbarrier.init(c_empty, count=1)
+    # one arrive per warpgroup on empty and c_ready
+    a_bufs, b_bufs, c_smem, ready, empty, c_ready, c_empty = db._shared_state(
+        dy_desc, w_desc, STAGES, 2
+    )
     num_pid_m = gl.cdiv(M, BM)
     num_pid_n = gl.cdiv(N, BN)
     k_tiles = gl.cdiv(K, BK)
@@ -115,11 +106,7 @@ def _kernel_split(
         [4, 1, EPI_WARPS],
         [WORKER_REGS, WORKER_REGS, WORKER_REGS],
     )  # fmt: skip
-    for i in gl.static_range(STAGES):
-        mbarrier.invalidate(ready.index(i))
-        mbarrier.invalidate(empty.index(i))
-    mbarrier.invalidate(c_ready)
-    mbarrier.invalidate(c_empty)
+    db._invalidate(ready, empty, c_ready, c_empty, STAGES)
 
 
 def _options(options: dict) -> dict:
@@ -164,7 +151,7 @@ def compile_report() -> None:
 
 
 def main() -> None:
-    from bench_lora_blocks import capture_graph, timed_ms
+    from bench_lora_blocks import alternated_ms, capture_graph
     from epilogue_variants import data
 
     print(torch.cuda.get_device_name(), torch.__version__, flush=True)
@@ -191,10 +178,7 @@ def main() -> None:
             lambda: split_gated_grads(dY, W, dXA, A, e, g, "silu", False)
         ),
     }
-    times = {k: [] for k in graphs}
-    for _ in range(5):
-        for k, graph in graphs.items():
-            times[k].append(timed_ms(graph.replay))
+    times = alternated_ms(graphs, 5)
     for k, ts in times.items():
         print(f"{k:<22} {statistics.median(ts):.3f} ms  " + " ".join(f"{t:.3f}" for t in ts))
 

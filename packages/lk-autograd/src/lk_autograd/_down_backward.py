@@ -332,6 +332,39 @@ if gluon is not None:
         return row_ids < bound if TAIL else all_rows
 
     @gluon.jit
+    def _shared_state(dy_desc, w_desc, STAGES: gl.constexpr, MMA_GROUPS: gl.constexpr):
+        """The kernel's shared memory: a ``STAGES``-deep ring of ``dY`` / ``W`` tiles with its
+        ``ready`` (TMA landed) and ``empty`` (read) barriers, and the one ``[BM, BN]`` ``dh``
+        tile with ``c_ready`` (written) and ``c_empty`` (read). ``MMA_GROUPS`` partitions each
+        release every stage and write part of the tile, each arriving once."""
+        BM: gl.constexpr = dy_desc.block_type.shape[0]
+        BK: gl.constexpr = dy_desc.block_type.shape[1]
+        BN: gl.constexpr = w_desc.block_type.shape[1]
+        dtype: gl.constexpr = dy_desc.dtype
+        a_bufs = gl.allocate_shared_memory(dtype, [STAGES, BM, BK], dy_desc.layout)
+        b_bufs = gl.allocate_shared_memory(dtype, [STAGES, BK, BN], w_desc.layout)
+        c_smem = gl.allocate_shared_memory(dtype, [BM, BN], gl.NVMMASharedLayout(128, 16))
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        c_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        c_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(ready.index(i), count=1)
+            mbarrier.init(empty.index(i), count=MMA_GROUPS)
+        mbarrier.init(c_ready, count=MMA_GROUPS)
+        mbarrier.init(c_empty, count=1)
+        return a_bufs, b_bufs, c_smem, ready, empty, c_ready, c_empty
+
+    @gluon.jit
+    def _invalidate(ready, empty, c_ready, c_empty, STAGES: gl.constexpr):
+        """``_shared_state``'s barriers, once every partition is done."""
+        for i in gl.static_range(STAGES):
+            mbarrier.invalidate(ready.index(i))
+            mbarrier.invalidate(empty.index(i))
+        mbarrier.invalidate(c_ready)
+        mbarrier.invalidate(c_empty)
+
+    @gluon.jit
     def _kernel(
         dy_desc, dxa_desc, w_desc, a_desc, e_ptr, g_ptr, de_ptr, dg_ptr, h_ptr, M, N, K, r,
         ACTIVATION: gl.constexpr, STAGES: gl.constexpr, GROUP: gl.constexpr,
@@ -341,20 +374,9 @@ if gluon is not None:
         BM: gl.constexpr = dy_desc.block_type.shape[0]
         BK: gl.constexpr = dy_desc.block_type.shape[1]
         BN: gl.constexpr = w_desc.block_type.shape[1]
-        dtype: gl.constexpr = dy_desc.dtype
-        a_bufs = gl.allocate_shared_memory(dtype, [STAGES, BM, BK], dy_desc.layout)
-        b_bufs = gl.allocate_shared_memory(dtype, [STAGES, BK, BN], w_desc.layout)
-        c_layout: gl.constexpr = gl.NVMMASharedLayout(128, 16)
-        c_smem = gl.allocate_shared_memory(dtype, [BM, BN], c_layout)
-        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        c_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        c_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(STAGES):
-            mbarrier.init(ready.index(i), count=1)
-            mbarrier.init(empty.index(i), count=1)
-        mbarrier.init(c_ready, count=1)
-        mbarrier.init(c_empty, count=1)
+        a_bufs, b_bufs, c_smem, ready, empty, c_ready, c_empty = _shared_state(
+            dy_desc, w_desc, STAGES, 1
+        )
 
         num_pid_m = gl.cdiv(M, BM)
         num_pid_n = gl.cdiv(N, BN)
@@ -374,8 +396,4 @@ if gluon is not None:
             [1, EPI_WARPS],
             [WORKER_REGS, WORKER_REGS],
         )  # fmt: skip
-        for i in gl.static_range(STAGES):
-            mbarrier.invalidate(ready.index(i))
-            mbarrier.invalidate(empty.index(i))
-        mbarrier.invalidate(c_ready)
-        mbarrier.invalidate(c_empty)
+        _invalidate(ready, empty, c_ready, c_empty, STAGES)
