@@ -96,7 +96,7 @@ except (ImportError, AttributeError, ValueError):  # no triton, or an unchecked 
 _TILE = (128, 256, 64)  # BM, BN, BK
 _STAGES = 3  # 3 x 48 KB of A/B tiles + the 64 KB dh tile: 208 KB of the 227 KB
 _GROUP_M = 8
-_MMA_WARPS = 8
+_WARPGROUP = 4  # warps: each of the two MMA partitions, and the default one
 _EPILOGUE_WARPS = 2
 _WORKER_REGS = 168  # the 1 + 2 worker warps share one warpgroup: the same register count
 _SUBTILE = (32, 64)  # epilogue subtiles: [SM, SN], SN = one 128-byte swizzle column block
@@ -171,7 +171,7 @@ def gated_grads(
     args = [*descs, e, g, de, dg, h, M, N, K, r]
     options = {"ACTIVATION": _ACTIVATION[activation], "STAGES": _STAGES, "GROUP": _GROUP_M,
                "EPI_WARPS": _EPILOGUE_WARPS, "WORKER_REGS": _WORKER_REGS, "SM": _SUBTILE[0],
-               "SN": _SUBTILE[1], "TAIL": M % BM != 0, "num_warps": _MMA_WARPS}  # fmt: skip
+               "SN": _SUBTILE[1], "TAIL": M % BM != 0, "num_warps": _WARPGROUP}  # fmt: skip
     _launch(min(persistent_programs(dY), tiles), args, options)
     return de, dg, h
 
@@ -219,35 +219,38 @@ if gluon is not None:
                 it += 1
 
     @gluon.jit
-    def _mma_partition(
+    def _mma_half(
         a_bufs, b_bufs, ready, empty, c_smem, c_ready, c_empty, num_pid_m, num_pid_n, steps,
-        STAGES: gl.constexpr,
+        STAGES: gl.constexpr, HALF: gl.constexpr,
     ):  # fmt: skip
-        """Each tile's ``steps`` wgmmas into registers, then the tile into ``c_smem``."""
-        BM: gl.constexpr = c_smem.shape[0]
+        """One warpgroup's ``m64`` wgmmas over rows ``[64 HALF, 64 HALF + 64)`` of each tile,
+        ``steps`` per tile into registers, then its half of the tile into ``c_smem``. Both
+        halves wait on the same ``ready`` stages and each arrives on ``empty`` and ``c_ready``
+        itself, so neither waits for the other."""
+        HALF_ROWS: gl.constexpr = c_smem.shape[0] // 2
         BN: gl.constexpr = c_smem.shape[1]
         acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
-            version=[3, 0], warps_per_cta=[gl.num_warps(), 1], instr_shape=[16, BN, 16]
+            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 16]
         )
+        out = c_smem.slice(HALF * HALF_ROWS, HALF_ROWS)
         it = 0
         t = 0
         for _tile in range(gl.program_id(0), num_pid_m * num_pid_n, gl.num_programs(0)):
-            acc = gl.zeros((BM, BN), dtype=gl.float32, layout=acc_layout)
+            acc = gl.zeros((HALF_ROWS, BN), dtype=gl.float32, layout=acc_layout)
             for kk in range(steps):
                 s = it % STAGES
                 mbarrier.wait(ready.index(s), (it // STAGES) & 1)
-                acc = warpgroup_mma(
-                    a_bufs.index(s), b_bufs.index(s), acc, use_acc=kk > 0, is_async=True
-                )
+                rows = a_bufs.index(s).slice(HALF * HALF_ROWS, HALF_ROWS)
+                acc = warpgroup_mma(rows, b_bufs.index(s), acc, use_acc=kk > 0, is_async=True)
                 # One wgmma in flight: the one before it (stage s - 1) is done reading.
-                acc, _, _ = warpgroup_mma_wait(1, deps=(acc, a_bufs.index(s), b_bufs.index(s)))
+                acc, _, _ = warpgroup_mma_wait(1, deps=(acc, rows, b_bufs.index(s)))
                 mbarrier.arrive(empty.index((it + STAGES - 1) % STAGES), count=1, pred=kk > 0)
                 it += 1
             acc = warpgroup_mma_wait(0, deps=(acc,))
             mbarrier.arrive(empty.index((it + STAGES - 1) % STAGES), count=1)
             mbarrier.wait(c_empty, (t & 1) ^ 1)  # the epilogue has read the previous tile
-            c_smem.store(acc.to(c_smem.dtype))
-            _barrier()  # all 8 warps' writes before the single arrive
+            out.store(acc.to(c_smem.dtype))
+            _barrier()  # the warpgroup's writes before its single arrive
             fence_async_shared()
             mbarrier.arrive(c_ready, count=1)
             t += 1  # noqa: SIM113 (Gluon loops have no enumerate)
@@ -375,17 +378,20 @@ if gluon is not None:
         BK: gl.constexpr = dy_desc.block_type.shape[1]
         BN: gl.constexpr = w_desc.block_type.shape[1]
         a_bufs, b_bufs, c_smem, ready, empty, c_ready, c_empty = _shared_state(
-            dy_desc, w_desc, STAGES, 1
+            dy_desc, w_desc, STAGES, 2
         )
 
         num_pid_m = gl.cdiv(M, BM)
         num_pid_n = gl.cdiv(N, BN)
         k_tiles = gl.cdiv(K, BK)
         r_tiles = gl.cdiv(r, BK)
+        steps = k_tiles + r_tiles
         gl.warp_specialize(
             [
-                (_mma_partition, (a_bufs, b_bufs, ready, empty, c_smem, c_ready, c_empty,
-                                  num_pid_m, num_pid_n, k_tiles + r_tiles, STAGES)),
+                (_mma_half, (a_bufs, b_bufs, ready, empty, c_smem, c_ready, c_empty, num_pid_m,
+                             num_pid_n, steps, STAGES, 0)),
+                (_mma_half, (a_bufs, b_bufs, ready, empty, c_smem, c_ready, c_empty, num_pid_m,
+                             num_pid_n, steps, STAGES, 1)),
                 (_load_partition, (dy_desc, dxa_desc, w_desc, a_desc, a_bufs, b_bufs, ready,
                                    empty, num_pid_m, num_pid_n, k_tiles, r_tiles, STAGES,
                                    GROUP)),
@@ -393,7 +399,7 @@ if gluon is not None:
                                        c_empty, num_pid_m, num_pid_n, M, N, ACTIVATION, SM, SN,
                                        GROUP, EPI_WARPS, TAIL)),
             ],
-            [1, EPI_WARPS],
-            [WORKER_REGS, WORKER_REGS],
+            [4, 1, EPI_WARPS],  # the second MMA warpgroup, the loader, the epilogue
+            [WORKER_REGS, WORKER_REGS, WORKER_REGS],
         )  # fmt: skip
         _invalidate(ready, empty, c_ready, c_empty, STAGES)
