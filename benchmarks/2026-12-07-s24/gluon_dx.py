@@ -10,6 +10,11 @@ GEMM-level taxes; the eighteenth session's warp-specialized Gluon GEMM ran level
 *Prediction*: at o's shape the Gluon route runs within 2% of cuBLAS, ~30 us under ``_gemm``
 per call (O's block floor is ~0.81 ms on an H100: ~0.04x of it).
 
+Outcome (twenty-fifth session, H100, with the one 8-warp MMA partition of 5b65fd8): cuBLAS /
+Gluon / ``_gemm`` 0.384 / 0.391 / 0.400 ms at o's ``8192 x 4096 x 4096``, 1.426 / 1.422 /
+1.456 at ``N = 14336``, 1.386 / 1.408 / 1.418 at ``K = 14336``: ~9 us under ``_gemm`` at o's
+shape, not 30. Since then it runs ``_down_backward``'s two one-warpgroup MMA partitions.
+
 Usage (sm_90 GPU, PYTHONPATH as tools/gpu_session.sh sets it): ``python3 gluon_dx.py``; on the
 CPU ``python3 gluon_dx.py --compile`` builds it for sm_90 and prints its spills and shared bytes.
 """
@@ -55,7 +60,7 @@ def _kernel_dx(
     BN: gl.constexpr = w_desc.block_type.shape[1]
     # c_smem's layout, NVMMASharedLayout(128, 16), is y_desc's
     a_bufs, b_bufs, c_smem, ready, empty, c_ready, c_empty = db._shared_state(
-        dy_desc, w_desc, STAGES, 1
+        dy_desc, w_desc, STAGES, 2
     )
     num_pid_m = gl.cdiv(M, BM)
     num_pid_n = gl.cdiv(N, BN)
@@ -63,15 +68,17 @@ def _kernel_dx(
     r_tiles = gl.cdiv(r, BK)
     gl.warp_specialize(
         [
-            (db._mma_partition, (a_bufs, b_bufs, ready, empty, c_smem, c_ready, c_empty,
-                                 num_pid_m, num_pid_n, k_tiles + r_tiles, STAGES)),
+            (db._mma_half, (a_bufs, b_bufs, ready, empty, c_smem, c_ready, c_empty, num_pid_m,
+                            num_pid_n, k_tiles + r_tiles, STAGES, 0)),
+            (db._mma_half, (a_bufs, b_bufs, ready, empty, c_smem, c_ready, c_empty, num_pid_m,
+                            num_pid_n, k_tiles + r_tiles, STAGES, 1)),
             (db._load_partition, (dy_desc, dxa_desc, w_desc, a_desc, a_bufs, b_bufs, ready,
                                   empty, num_pid_m, num_pid_n, k_tiles, r_tiles, STAGES,
                                   GROUP)),
             (_store_partition, (y_desc, c_smem, c_ready, c_empty, num_pid_m, num_pid_n, GROUP)),
         ],
-        [1, 1],
-        [db._WORKER_REGS, db._WORKER_REGS],
+        [4, 1, 1],
+        [db._WORKER_REGS, db._WORKER_REGS, db._WORKER_REGS],
     )  # fmt: skip
     db._invalidate(ready, empty, c_ready, c_empty, STAGES)
 
@@ -90,7 +97,7 @@ def gluon_dx(dY, W, dXA, A, compile_only=False):
     tiles = triton.cdiv(M, BM) * triton.cdiv(N, BN)
     programs = tiles if compile_only else min(persistent_programs(dY), tiles)
     args = [*descs, y_desc, M, N, K, r]
-    opts = {"STAGES": db._STAGES, "GROUP": db._GROUP_M, "num_warps": db._MMA_WARPS}
+    opts = {"STAGES": db._STAGES, "GROUP": db._GROUP_M, "num_warps": db._WARPGROUP}
     if compile_only:
         return _kernel_dx.warmup(*args, grid=(programs,), **opts)
     _kernel_dx[(programs,)](*args, **opts)

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Twenty-fifth session, second GPU call: down_backward with its MMA partition split in two
-# warpgroups (split_mma.py's kernel, now shipped): every GPU test, then the micro suite (r = 16,
-# median of 3). Carry .whl. Logs under $OUT.
+# warpgroups (split_mma.py's kernel, now shipped): every GPU test, the micro suite (r = 16,
+# median of 3), then gluon_dx.py over the split MMA partitions. Carry .whl. Logs under $OUT.
 set -uo pipefail
 export OUT
-timeout 560 bash tools/gpu_session.sh tests micro3
+timeout 500 bash tools/gpu_session.sh tests micro3
 grep -E "FAILED|ERROR|passed|failed" "$OUT/tests/log.txt" | tail -8
-tail -24 "$OUT/micro3/log.txt"
+tail -12 "$OUT/micro3/log.txt"
+src=""
+for p in packages/*/src integrations/*/src; do src="$src:$PWD/$p"; done
+PYTHONPATH="$src:$PWD:$PWD/tools" timeout 80 python3 benchmarks/2026-12-07-s24/gluon_dx.py 2>&1 |
+    tee "$OUT/gluon_dx.txt"

@@ -14,12 +14,16 @@ GEMM writes ``[M, N]`` and the activation backward reads it back; here each ``dh
 from the accumulator to shared memory and straight into the elementwise math. The kernel is
 persistent (one CTA per SM, output tiles grouped along M for L2 reuse) and warp-specialized:
 
-- default partition, 8 warps: the wgmma consumer. It runs each tile's K loop, ``K / 64`` steps
-  of ``dY W`` and then ``ceil(r / 64)`` of ``dXA A`` onto the same fp32 accumulator (TMA
-  zero-fills the rank past ``r``), and writes the tile, rounded to 16 bits, into one
-  ``[128, 256]`` shared buffer; then it goes on to the next tile's K loop.
-- worker 0, 1 warp: the TMA producer of a 3-stage ring of ``[128, 64]`` / ``[64, 256]`` tiles.
-- worker 1, 2 warps: the epilogue. It walks the shared tile in 16 ``[32, 64]`` subtiles in a
+- default partition and worker 0, one warpgroup (4 warps) each: the wgmma consumers, one per
+  64-row half of the tile. Each runs the tile's K loop, ``K / 64`` steps of ``dY W`` and then
+  ``ceil(r / 64)`` of ``dXA A`` onto its fp32 accumulator (TMA zero-fills the rank past
+  ``r``), releasing each stage and publishing its half of the tile with its own arrive, and
+  writes its half, rounded to 16 bits, into one ``[128, 256]`` shared buffer; then it goes on
+  to the next tile's K loop. (One 8-warp consumer ran two partition-wide ``bar.sync`` per K
+  step, which Triton's membar pass puts before the ``ready`` wait and the one-thread
+  ``empty`` arrive: 1.609 against 1.583 ms split, BENCHMARKS.md, twenty-fifth session.)
+- worker 1, 1 warp: the TMA producer of a 3-stage ring of ``[128, 64]`` / ``[64, 256]`` tiles.
+- worker 2, 2 warps: the epilogue. It walks the shared tile in 16 ``[32, 64]`` subtiles in a
   runtime loop (an unrolled one is ~220 KB of code that two warps fetch once per tile: it took
   the kernel from 1.53 to 2.88 ms on an H100, BENCHMARKS.md, twentieth session). Per subtile
   it loads ``e`` and ``g`` of the *next* subtile before computing this one, and stores ``de``,
@@ -29,18 +33,20 @@ persistent (one CTA per SM, output tiles grouped along M for L2 reuse) and warp-
   zero-fills ``dY`` and ``dXA`` there); the columns are not: ``N`` is a multiple of 256.
 
 Where the time goes (H100, ``dY`` ``[8192, 4096]``, twenty-fourth session, BENCHMARKS.md): the
-kernel (``gated_grads``) 1.586 ms and cuBLAS's ``dA`` 0.090 (near HBM bandwidth) against 1.398
-for the bare cuBLAS ``dY W``. Under ncu the epilogue warps wait ~40% of the time for the next
-tile, so the epilogue is not the bound: the mainloop is (tensor pipe 82% busy against cuBLAS's
-93% at the same clock), its MMA warps waiting on TMA data and on two partition-wide
-``bar.sync`` per K step. Deeper prefetch in the epilogue, smaller subtiles, BK = 32 with 5 or
-6 stages, ``GROUP_M`` = 16 and evict-first stores were each timed no faster.
+kernel (``gated_grads``, then with one 8-warp consumer) 1.586 ms and cuBLAS's ``dA`` 0.090
+(near HBM bandwidth) against 1.398 for the bare cuBLAS ``dY W``. Under ncu the epilogue warps
+wait ~40% of the time for the next tile, so the epilogue is not the bound: the mainloop is
+(tensor pipe 82% busy against cuBLAS's 93% at the same clock), its MMA warps waiting on TMA
+data and on the partition-wide ``bar.sync`` the split removed. Deeper prefetch in the
+epilogue, smaller subtiles, BK = 32 with 5 or 6 stages, ``GROUP_M`` = 16 and evict-first
+stores were each timed no faster.
 
 Two epilogue warps, not four: Triton caps every partition's registers at ``65536 / threads``,
-and 8 + 1 + 4 warps (padded to 16) leaves 128, below what the ``128 x 256`` wgmma needs; 8 + 1 +
-2 warps gives 168. Measured on an H100 at ``M, N, K = 8192, 14336, 4096`` (BENCHMARKS.md,
-twenty-first session, ``tools/bench_down_backward.py``): with cuBLAS's ``dA``, 1.670 ms at
-ranks 8, 16 and 64, against 1.811-1.891 ms for the separate route (``_gemm``'s ``dh``, then
+and 8 + 1 + 4 warps (padded to 16) leaves 128, below what a ``256``-column wgmma accumulator
+and its addressing need; 8 + 1 + 2 warps, and 4 + 4 + 1 + 2 now, give 168. Measured on an H100
+at ``M, N, K = 8192, 14336, 4096`` (BENCHMARKS.md, twenty-first session,
+``tools/bench_down_backward.py``): with cuBLAS's ``dA``, 1.670 ms at ranks 8, 16 and 64,
+against 1.811-1.891 ms for the separate route (``_gemm``'s ``dh``, then
 ``activation_backward_with_dA``) and 1.386 ms for the bare ``dY W``; ``de`` and ``dg`` were the
 separate route's bits there.
 
