@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Twenty-fifth session, second GPU call: down_backward with its MMA partition split in two
 # warpgroups (split_mma.py's kernel, now shipped): every GPU test, gluon_dx_pairs.py (o's,
-# q/k/v's and gate/up's input gradients over the split MMA partitions), then the micro suite (r = 16, median of 3), which may be cut off by the
-# device time left (its log keeps each row as it goes). Carry .whl. Logs under $OUT.
+# q/k/v's and gate/up's input gradients over the split MMA partitions), then the micro suite
+# (r = 16, median of 3), which the device time left may cut off (its log keeps each row). Carry .whl. Logs under $OUT.
 set -uo pipefail
 export OUT
 timeout 260 bash tools/gpu_session.sh tests
