@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 import torch
 
-from lk_autograd import _activation_backward, _down_backward, _gemm, _lora_grads, _quant_kernel
+from lk_autograd import (
+    _activation_backward,
+    _down_backward,
+    _dx_gemm,
+    _gemm,
+    _lora_grads,
+    _quant_kernel,
+)
 from lk_triton import _gated
 from tools._sm90 import sm90_driver, spill_bytes
 
@@ -42,13 +49,14 @@ def compiled(monkeypatch) -> Iterator[list[Any]]:
 
     for module in (_gated, _gemm, _lora_grads, _quant_kernel, _activation_backward):
         monkeypatch.setattr(module, "launch", compile_only)
-    if _down_backward.gluon is not None:  # a Gluon kernel, launched through the JIT
-        monkeypatch.setattr(
-            _down_backward, "_launch",
-            lambda programs, args, kwargs: compile_only(
-                _down_backward._kernel, programs, args, kwargs, None
-            ),
-        )  # fmt: skip
+    if _down_backward.gluon is not None:  # Gluon kernels, launched through the JIT
+        for module in (_down_backward, _dx_gemm):
+            monkeypatch.setattr(
+                module, "_launch",
+                lambda programs, args, kwargs, kernel=module._kernel: compile_only(
+                    kernel, programs, args, kwargs, None
+                ),
+            )  # fmt: skip
     monkeypatch.setattr(_gated, "uses_triton", lambda t: True)
     with sm90_driver():
         yield kernels
@@ -198,6 +206,21 @@ def test_down_backward(compiled, activation, r, dtype, M):
     _down_backward.down_backward(dY, W, dXA, A, e, g, activation, inplace=True)
     _check(compiled, ["_kernel"])
     assert spill_bytes(compiled[0]) == 0
+
+
+@pytest.mark.skipif(_down_backward.gluon is None, reason="this Triton has no Gluon (3.6-3.9) API")
+@pytest.mark.parametrize(
+    "ks, r, dtype, M, N",
+    [((192,), 16, torch.bfloat16, 256, 512), ((200, 72, 72), 72, torch.float16, 333, 264)],
+    ids=["one-pair-r16-bf16", "three-pairs-r72-fp16-tails"],
+)
+def test_input_grad_matmul(compiled, ks, r, dtype, M, N):
+    """The warp-specialized input gradient: its shared memory fits, no partition spills."""
+    pairs = [(_randn(M, k, dtype=dtype), _randn(k, N, dtype=dtype)) for k in ks]
+    _dx_gemm.input_grad_matmul(pairs, _randn(M, r, dtype=dtype), _randn(r, N, dtype=dtype))
+    _check(compiled, ["_kernel"])
+    assert spill_bytes(compiled[0]) == 0
+    assert compiled[0].metadata.shared <= SM90_SHARED_BYTES
 
 
 @pytest.mark.parametrize("nested", [False, True], ids=["absmax", "nested-absmax"])

@@ -13,7 +13,8 @@ per call (O's block floor is ~0.81 ms on an H100: ~0.04x of it).
 Outcome (twenty-fifth session, H100, with the one 8-warp MMA partition of 5b65fd8): cuBLAS /
 Gluon / ``_gemm`` 0.384 / 0.391 / 0.400 ms at o's ``8192 x 4096 x 4096``, 1.426 / 1.422 /
 1.456 at ``N = 14336``, 1.386 / 1.408 / 1.418 at ``K = 14336``: ~9 us under ``_gemm`` at o's
-shape, not 30. Since then it runs ``_down_backward``'s two one-warpgroup MMA partitions.
+shape, not 30. Since then it runs ``_down_backward``'s two one-warpgroup MMA partitions, and
+its store partition ships in ``lk_autograd._dx_gemm`` (with up to three pairs).
 
 Usage (sm_90 GPU, PYTHONPATH as tools/gpu_session.sh sets it): ``python3 gluon_dx.py``; on the
 CPU ``python3 gluon_dx.py --compile`` builds it for sm_90 and prints its spills and shared bytes.
@@ -26,28 +27,12 @@ import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from lk_autograd import _down_backward as db
 from lk_autograd import _gemm
+from lk_autograd._dx_gemm import _store_partition
 from lk_autograd._gemm import persistent_programs
-
-
-@gluon.jit
-def _store_partition(y_desc, c_smem, c_ready, c_empty, num_pid_m, num_pid_n, GROUP: gl.constexpr):
-    """Each finished ``dX`` tile from the shared buffer to ``Y`` by TMA; the buffer is released
-    once TMA has read it."""
-    BM: gl.constexpr = c_smem.shape[0]
-    BN: gl.constexpr = c_smem.shape[1]
-    t = 0
-    for tile_id in range(gl.program_id(0), num_pid_m * num_pid_n, gl.num_programs(0)):
-        pid_m, pid_n = db._tile_mn(tile_id, num_pid_m, num_pid_n, GROUP)
-        mbarrier.wait(c_ready, t & 1)
-        tma.async_copy_shared_to_global(y_desc, [pid_m * BM, pid_n * BN], c_smem)
-        tma.store_wait(0)
-        mbarrier.arrive(c_empty, count=1)
-        t += 1  # noqa: SIM113
 
 
 @gluon.jit

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from ._dora import magnitude_scale
+from ._dx_gemm import fusable_input_grad, input_grad_matmul
 from ._gemm import fusable, lora_matmul
 from ._lora_grads import fusable_grads, lora_grads
 from ._quant import dequantize
@@ -201,22 +202,36 @@ def input_grad(
     freed after. When ``dX`` starts empty and ``_gemm`` applies, one kernel computes the whole
     sum over 16-bit weights (up to three base GEMMs, one store); over 4-bit weights the first
     base GEMM adds ``dXA A`` in its epilogue, so that only one dequantized weight is alive at a
-    time. Otherwise ``dXA A`` comes first."""
+    time. Otherwise ``dXA A`` comes first. Where ``_dx_gemm`` is switched on and applies, its
+    warp-specialized kernel computes each fused sum instead of ``_gemm``'s."""
     if dX is None and lora is not None and base and all(q is None for _, _, q in base):
-        (dY, W, _), *rest = base
-        more = [(dY_j, W_j) for dY_j, W_j, _ in rest]
-        if fusable(dY, W, *lora, more):
-            return lora_matmul(dY, W, *lora, 1.0, w_kn=True, more=more)
+        fused = _fused_input_grad([(dY_j, W_j) for dY_j, W_j, _ in base], lora)
+        if fused is not None:
+            return fused
     for dY, W, quant_state in base:
         W = base_weight(W, quant_state, dtype)
-        if dX is None and lora is not None and fusable(dY, W, *lora):
-            dX = lora_matmul(dY, W, *lora, 1.0, w_kn=True)
+        fused = _fused_input_grad([(dY, W)], lora) if dX is None and lora is not None else None
+        if fused is not None:
+            dX = fused
         else:
             dX = _add_lora(dX, lora)
             dX = dY @ W if dX is None else dX.addmm_(dY, W)
         lora = None
         del W
     return _add_lora(dX, lora)
+
+
+def _fused_input_grad(
+    pairs: list[tuple[Tensor, Tensor]], lora: tuple[Tensor, Tensor]
+) -> Tensor | None:
+    """``sum_j dY_j W_j + dXA A`` in one kernel (``_dx_gemm``'s, else ``_gemm``'s) where one
+    applies; else None."""
+    if fusable_input_grad(pairs, *lora):
+        return input_grad_matmul(pairs, *lora)
+    (dY, W), *more = pairs
+    if fusable(dY, W, *lora, more):
+        return lora_matmul(dY, W, *lora, 1.0, w_kn=True, more=more)
+    return None
 
 
 def _project(
