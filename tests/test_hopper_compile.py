@@ -22,10 +22,10 @@ import torch
 from lk_autograd import (
     _activation_backward,
     _down_backward,
-    _dx_gemm,
     _gemm,
     _lora_grads,
     _quant_kernel,
+    _ws_gemm,
 )
 from lk_triton import _gated
 from tools._sm90 import sm90_driver, spill_bytes
@@ -50,7 +50,7 @@ def compiled(monkeypatch) -> Iterator[list[Any]]:
     for module in (_gated, _gemm, _lora_grads, _quant_kernel, _activation_backward):
         monkeypatch.setattr(module, "launch", compile_only)
     if _down_backward.gluon is not None:  # Gluon kernels, launched through the JIT
-        for module in (_down_backward, _dx_gemm):
+        for module in (_down_backward, _ws_gemm):
             monkeypatch.setattr(
                 module, "_launch",
                 lambda programs, args, kwargs, kernel=module._kernel: compile_only(
@@ -209,15 +209,23 @@ def test_down_backward(compiled, activation, r, dtype, M):
 
 
 @pytest.mark.skipif(_down_backward.gluon is None, reason="this Triton has no Gluon (3.6-3.9) API")
+@pytest.mark.parametrize("w_kn", [False, True], ids=["XWt", "XW"])
 @pytest.mark.parametrize(
-    "ks, r, dtype, M, N",
-    [((192,), 16, torch.bfloat16, 256, 512), ((200, 72, 72), 72, torch.float16, 333, 264)],
+    "ks, r, s, dtype, M, N",
+    [
+        ((192,), 16, 2.0, torch.bfloat16, 256, 512),
+        ((200, 72, 72), 72, 1.0, torch.float16, 333, 264),
+    ],
     ids=["one-pair-r16-bf16", "three-pairs-r72-fp16-tails"],
 )
-def test_input_grad_matmul(compiled, ks, r, dtype, M, N):
-    """The warp-specialized input gradient: its shared memory fits, no partition spills."""
-    pairs = [(_randn(M, k, dtype=dtype), _randn(k, N, dtype=dtype)) for k in ks]
-    _dx_gemm.input_grad_matmul(pairs, _randn(M, r, dtype=dtype), _randn(r, N, dtype=dtype))
+def test_ws_lora_matmul(compiled, w_kn, ks, r, s, dtype, M, N):
+    """The warp-specialized LoRA GEMM, both weight layouts: its shared memory fits, no
+    partition spills."""
+    pairs = [(_randn(M, k, dtype=dtype), _randn(*((k, N) if w_kn else (N, k)), dtype=dtype))
+             for k in ks]  # fmt: skip
+    (X, W), *more = pairs
+    U = _randn(*((r, N) if w_kn else (N, r)), dtype=dtype)
+    _ws_gemm.ws_lora_matmul(X, W, _randn(M, r, dtype=dtype), U, s, w_kn, more)
     _check(compiled, ["_kernel"])
     assert spill_bytes(compiled[0]) == 0
     assert compiled[0].metadata.shared <= SM90_SHARED_BYTES

@@ -61,8 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="micro: PEFT's default autocast_adapter_dtype=True")  # fmt: skip
     ap.add_argument("--no-fused-gemm", action="store_true",
                     help="ours on cuBLAS only (set_fused_gemm(False)), a control")  # fmt: skip
-    ap.add_argument("--ws-input-grad", action="store_true",
-                    help="ours with _dx_gemm input gradients (off by default)")  # fmt: skip
+    ap.add_argument("--ws-gemm", action="store_true",
+                    help="ours with the warp-specialized _ws_gemm (off by default)")  # fmt: skip
     ap.add_argument("--out", type=Path, metavar="DIR")
     ap.add_argument("--smoke", action="store_true", help="check the scripts, quickly")
     args = ap.parse_args(argv)
@@ -189,7 +189,7 @@ def title(payload: dict) -> str:
         what = "LoRA r=16 training step"
     what += " (smoke)" if payload["smoke"] else ""
     what += ", ours on cuBLAS only" if env.get("fused_gemm") is False else ""
-    what += ", ours with _dx_gemm" if env.get("ws_input_grad") else ""
+    what += ", ours with _ws_gemm" if env.get("ws_gemm") else ""
     return f"{what}, {payload['tokens']} tokens, {where}, torch {env['torch']}, {env['date_utc']}"
 
 
@@ -328,10 +328,10 @@ def save(payload: dict, out: Path) -> None:
 def run(args: argparse.Namespace) -> None:
     """Run the chosen suites, write each one's JSON and chart, then print the tables."""
     import lk_autograd
-    from lk_autograd import _dx_gemm
+    from lk_autograd import _ws_gemm
 
     lk_autograd.set_fused_gemm(not args.no_fused_gemm)
-    _dx_gemm.set_ws_input_grad(args.ws_input_grad)
+    _ws_gemm.set_ws_gemm(args.ws_gemm)
     suites = ("micro", "model") if args.suite == "all" else (args.suite,)
     runners = {"micro": run_micro, "model": run_model}
     payloads = []
@@ -339,7 +339,7 @@ def run(args: argparse.Namespace) -> None:
         measured = runners[suite](args)
         if measured is not None:
             env = {**environment(), "fused_gemm": not args.no_fused_gemm,
-                   "ws_input_grad": args.ws_input_grad}  # fmt: skip
+                   "ws_gemm": args.ws_gemm}  # fmt: skip
             payloads.append({"env": env, **measured})
             save(payloads[-1], output_dir(args))
     for payload in payloads:

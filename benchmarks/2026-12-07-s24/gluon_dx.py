@@ -14,7 +14,7 @@ Outcome (twenty-fifth session, H100, with the one 8-warp MMA partition of 5b65fd
 Gluon / ``_gemm`` 0.384 / 0.391 / 0.400 ms at o's ``8192 x 4096 x 4096``, 1.426 / 1.422 /
 1.456 at ``N = 14336``, 1.386 / 1.408 / 1.418 at ``K = 14336``: ~9 us under ``_gemm`` at o's
 shape, not 30. Since then it runs ``_down_backward``'s two one-warpgroup MMA partitions, and
-its store partition ships in ``lk_autograd._dx_gemm`` (with up to three pairs).
+its store partition ships in ``lk_autograd._ws_gemm`` (with up to three pairs, both layouts).
 
 Usage (sm_90 GPU, PYTHONPATH as tools/gpu_session.sh sets it): ``python3 gluon_dx.py``; on the
 CPU ``python3 gluon_dx.py --compile`` builds it for sm_90 and prints its spills and shared bytes.
@@ -31,8 +31,8 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from lk_autograd import _down_backward as db
 from lk_autograd import _gemm
-from lk_autograd._dx_gemm import _store_partition
 from lk_autograd._gemm import persistent_programs
+from lk_autograd._ws_gemm import _store_partition
 
 
 @gluon.jit
@@ -45,7 +45,7 @@ def _kernel_dx(
     BN: gl.constexpr = w_desc.block_type.shape[1]
     # c_smem's layout, NVMMASharedLayout(128, 16), is y_desc's
     a_bufs, b_bufs, c_smem, ready, empty, c_ready, c_empty = db._shared_state(
-        dy_desc, w_desc, STAGES, 2
+        dy_desc, w_desc, BN, STAGES, 2
     )
     num_pid_m = gl.cdiv(M, BM)
     num_pid_n = gl.cdiv(N, BN)
@@ -54,9 +54,9 @@ def _kernel_dx(
     gl.warp_specialize(
         [
             (db._mma_half, (a_bufs, b_bufs, ready, empty, c_smem, c_ready, c_empty, num_pid_m,
-                            num_pid_n, k_tiles + r_tiles, STAGES, 0)),
+                            num_pid_n, k_tiles + r_tiles, STAGES, 0, True)),
             (db._mma_half, (a_bufs, b_bufs, ready, empty, c_smem, c_ready, c_empty, num_pid_m,
-                            num_pid_n, k_tiles + r_tiles, STAGES, 1)),
+                            num_pid_n, k_tiles + r_tiles, STAGES, 1, True)),
             (db._load_partition, (dy_desc, dxa_desc, w_desc, a_desc, a_bufs, b_bufs, ready,
                                   empty, num_pid_m, num_pid_n, k_tiles, r_tiles, STAGES,
                                   GROUP)),

@@ -50,6 +50,9 @@ against 1.811-1.891 ms for the separate route (``_gemm``'s ``dh``, then
 ``activation_backward_with_dA``) and 1.386 ms for the bare ``dY W``; ``de`` and ``dg`` were the
 separate route's bits there.
 
+``_ws_gemm`` runs ``_gemm``'s LoRA GEMMs on the same ring (``_shared_state``) and MMA
+partitions (``_mma_half``, which also takes K-major ``W`` tiles) with a TMA-store epilogue.
+
 Gluon is Triton's experimental tile-level dialect; its API moved between releases. This module
 is written for Triton 3.6 to 3.9 (``_TRITON_VERSIONS``; the names that moved are looked up
 below) and only runs on sm_90: Blackwell has no wgmma. ``fusable_down_backward`` says when it
@@ -227,12 +230,13 @@ if gluon is not None:
     @gluon.jit
     def _mma_half(
         a_bufs, b_bufs, ready, empty, c_smem, c_ready, c_empty, num_pid_m, num_pid_n, steps,
-        STAGES: gl.constexpr, HALF: gl.constexpr,
+        STAGES: gl.constexpr, HALF: gl.constexpr, W_KN: gl.constexpr,
     ):  # fmt: skip
         """One warpgroup's ``m64`` wgmmas over rows ``[64 HALF, 64 HALF + 64)`` of each tile,
         ``steps`` per tile into registers, then its half of the tile into ``c_smem``. Both
         halves wait on the same ``ready`` stages and each arrives on ``empty`` and ``c_ready``
-        itself, so neither waits for the other."""
+        itself, so neither waits for the other. The ``B`` tiles are ``[BK, BN]`` (``W_KN``) or
+        K-major ``[BN, BK]``, read transposed."""
         HALF_ROWS: gl.constexpr = c_smem.shape[0] // 2
         BN: gl.constexpr = c_smem.shape[1]
         acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
@@ -247,9 +251,10 @@ if gluon is not None:
                 s = it % STAGES
                 mbarrier.wait(ready.index(s), (it // STAGES) & 1)
                 rows = a_bufs.index(s).slice(HALF * HALF_ROWS, HALF_ROWS)
-                acc = warpgroup_mma(rows, b_bufs.index(s), acc, use_acc=kk > 0, is_async=True)
+                b = b_bufs.index(s) if W_KN else b_bufs.index(s).permute((1, 0))
+                acc = warpgroup_mma(rows, b, acc, use_acc=kk > 0, is_async=True)
                 # One wgmma in flight: the one before it (stage s - 1) is done reading.
-                acc, _, _ = warpgroup_mma_wait(1, deps=(acc, rows, b_bufs.index(s)))
+                acc, _, _ = warpgroup_mma_wait(1, deps=(acc, rows, b))
                 mbarrier.arrive(empty.index((it + STAGES - 1) % STAGES), count=1, pred=kk > 0)
                 it += 1
             acc = warpgroup_mma_wait(0, deps=(acc,))
@@ -341,17 +346,21 @@ if gluon is not None:
         return row_ids < bound if TAIL else all_rows
 
     @gluon.jit
-    def _shared_state(dy_desc, w_desc, STAGES: gl.constexpr, MMA_GROUPS: gl.constexpr):
-        """The kernel's shared memory: a ``STAGES``-deep ring of ``dY`` / ``W`` tiles with its
-        ``ready`` (TMA landed) and ``empty`` (read) barriers, and the one ``[BM, BN]`` ``dh``
-        tile with ``c_ready`` (written) and ``c_empty`` (read). ``MMA_GROUPS`` partitions each
-        release every stage and write part of the tile, each arriving once."""
+    def _shared_state(
+        dy_desc, w_desc, BN: gl.constexpr, STAGES: gl.constexpr, MMA_GROUPS: gl.constexpr
+    ):
+        """The kernel's shared memory: a ``STAGES``-deep ring of ``dY`` / ``W`` tiles (each
+        descriptor's block) with its ``ready`` (TMA landed) and ``empty`` (read) barriers,
+        and the one ``[BM, BN]`` ``dh`` tile with ``c_ready`` (written) and ``c_empty``
+        (read). ``MMA_GROUPS`` partitions each release every stage and write part of the
+        tile, each arriving once."""
         BM: gl.constexpr = dy_desc.block_type.shape[0]
         BK: gl.constexpr = dy_desc.block_type.shape[1]
-        BN: gl.constexpr = w_desc.block_type.shape[1]
+        W0: gl.constexpr = w_desc.block_type.shape[0]
+        W1: gl.constexpr = w_desc.block_type.shape[1]
         dtype: gl.constexpr = dy_desc.dtype
         a_bufs = gl.allocate_shared_memory(dtype, [STAGES, BM, BK], dy_desc.layout)
-        b_bufs = gl.allocate_shared_memory(dtype, [STAGES, BK, BN], w_desc.layout)
+        b_bufs = gl.allocate_shared_memory(dtype, [STAGES, W0, W1], w_desc.layout)
         c_smem = gl.allocate_shared_memory(dtype, [BM, BN], gl.NVMMASharedLayout(128, 16))
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -384,7 +393,7 @@ if gluon is not None:
         BK: gl.constexpr = dy_desc.block_type.shape[1]
         BN: gl.constexpr = w_desc.block_type.shape[1]
         a_bufs, b_bufs, c_smem, ready, empty, c_ready, c_empty = _shared_state(
-            dy_desc, w_desc, STAGES, 2
+            dy_desc, w_desc, BN, STAGES, 2
         )
 
         num_pid_m = gl.cdiv(M, BM)
@@ -395,9 +404,9 @@ if gluon is not None:
         gl.warp_specialize(
             [
                 (_mma_half, (a_bufs, b_bufs, ready, empty, c_smem, c_ready, c_empty, num_pid_m,
-                             num_pid_n, steps, STAGES, 0)),
+                             num_pid_n, steps, STAGES, 0, True)),
                 (_mma_half, (a_bufs, b_bufs, ready, empty, c_smem, c_ready, c_empty, num_pid_m,
-                             num_pid_n, steps, STAGES, 1)),
+                             num_pid_n, steps, STAGES, 1, True)),
                 (_load_partition, (dy_desc, dxa_desc, w_desc, a_desc, a_bufs, b_bufs, ready,
                                    empty, num_pid_m, num_pid_n, k_tiles, r_tiles, STAGES,
                                    GROUP)),

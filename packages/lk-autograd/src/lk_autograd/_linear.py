@@ -37,10 +37,10 @@ import torch
 from torch import Tensor
 
 from ._dora import magnitude_scale
-from ._dx_gemm import fusable_input_grad, input_grad_matmul
 from ._gemm import fusable, lora_matmul
 from ._lora_grads import fusable_grads, lora_grads
 from ._quant import dequantize
+from ._ws_gemm import fusable_ws, ws_lora_matmul
 
 
 class Adapter(NamedTuple):
@@ -172,7 +172,10 @@ def lora_first(
     """``s XA B^T + X W^T + bias`` for one adapter in ``X``'s dtype. Where ``_gemm`` applies,
     one Triton GEMM adds the LoRA term (and the bias) in its epilogue. Otherwise the LoRA term
     comes first and the base GEMM accumulates onto it in place (its epilogue reads C), one pass
-    fewer over the [N, o] output than adding the term afterwards."""
+    fewer over the [N, o] output than adding the term afterwards. Where ``_ws_gemm`` is
+    switched on and applies (no bias), its warp-specialized kernel runs instead of ``_gemm``'s."""
+    if fusable_ws(X, W, XA, B, False, bias=bias):
+        return ws_lora_matmul(X, W, XA, B, s, w_kn=False)
     if fusable(X, W, XA, B, bias=bias):
         return lora_matmul(X, W, XA, B, s, w_kn=False, bias=bias)
     if bias is None:
@@ -202,7 +205,7 @@ def input_grad(
     freed after. When ``dX`` starts empty and ``_gemm`` applies, one kernel computes the whole
     sum over 16-bit weights (up to three base GEMMs, one store); over 4-bit weights the first
     base GEMM adds ``dXA A`` in its epilogue, so that only one dequantized weight is alive at a
-    time. Otherwise ``dXA A`` comes first. Where ``_dx_gemm`` is switched on and applies, its
+    time. Otherwise ``dXA A`` comes first. Where ``_ws_gemm`` is switched on and applies, its
     warp-specialized kernel computes each fused sum instead of ``_gemm``'s."""
     if dX is None and lora is not None and base and all(q is None for _, _, q in base):
         fused = _fused_input_grad([(dY_j, W_j) for dY_j, W_j, _ in base], lora)
@@ -224,11 +227,11 @@ def input_grad(
 def _fused_input_grad(
     pairs: list[tuple[Tensor, Tensor]], lora: tuple[Tensor, Tensor]
 ) -> Tensor | None:
-    """``sum_j dY_j W_j + dXA A`` in one kernel (``_dx_gemm``'s, else ``_gemm``'s) where one
+    """``sum_j dY_j W_j + dXA A`` in one kernel (``_ws_gemm``'s, else ``_gemm``'s) where one
     applies; else None."""
-    if fusable_input_grad(pairs, *lora):
-        return input_grad_matmul(pairs, *lora)
     (dY, W), *more = pairs
+    if fusable_ws(dY, W, *lora, True, more):
+        return ws_lora_matmul(dY, W, *lora, 1.0, w_kn=True, more=more)
     if fusable(dY, W, *lora, more):
         return lora_matmul(dY, W, *lora, 1.0, w_kn=True, more=more)
     return None

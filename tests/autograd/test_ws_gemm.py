@@ -1,0 +1,137 @@
+"""``_ws_gemm.ws_lora_matmul``: ``_gemm.lora_matmul``'s sums (no bias) as a warp-specialized
+Gluon GEMM (NVIDIA sm_90; ``-m gpu`` on the device), and its use by the Functions once switched
+on (``set_ws_gemm``). Its compile (shared memory, no spills) is checked on the CPU by
+``tests/test_hopper_compile.py``."""
+
+import copy
+
+import pytest
+import torch
+
+import lk_autograd._linear as linear
+from lk_autograd import _down_backward, _gemm, _ws_gemm
+from tests.helpers import fresh_seed, rel_err
+
+from .models import compare, make_model
+
+on_sm90 = (
+    torch.cuda.is_available()
+    and torch.version.hip is None
+    and torch.cuda.get_device_capability()[0] == 9
+    and _down_backward.gluon is not None
+)
+needs_sm90 = pytest.mark.skipif(not on_sm90, reason="_ws_gemm needs an NVIDIA sm_90 GPU and Gluon")
+
+
+@pytest.fixture
+def switched_on(monkeypatch):
+    """The kernel on, for small outputs too (below ``_gemm._MIN_OUTPUT``)."""
+    monkeypatch.setattr(_ws_gemm, "_enabled", True)
+    monkeypatch.setattr(_gemm, "_MIN_OUTPUT", 0)
+
+
+def _operands(M, N, ks, r, w_kn, dtype, device="cuda"):
+    """``[(X_j, W_j)]`` (``W_j`` ``[K_j, N]`` if ``w_kn`` else ``[N, K_j]``), ``XA``, ``U``."""
+    torch.manual_seed(fresh_seed())
+    pairs = []
+    for k in ks:
+        W = torch.randn(*((k, N) if w_kn else (N, k)), device=device) / k**0.5
+        pairs.append((torch.randn(M, k, device=device, dtype=dtype), W.to(dtype)))
+    U = torch.randn(*((r, N) if w_kn else (N, r)), device=device, dtype=dtype)
+    return pairs, torch.randn(M, r, device=device, dtype=dtype), U
+
+
+@pytest.mark.gpu
+@needs_sm90
+@pytest.mark.usefixtures("switched_on")
+@pytest.mark.parametrize("w_kn", [False, True], ids=["XWt", "XW"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize(
+    "M, N, ks, r, s",
+    [
+        pytest.param(8192, 4096, (4096,), 16, 2.0, id="o-llama"),
+        pytest.param(300, 264, (200,), 72, 0.5, id="tails-rank72"),
+        pytest.param(130, 520, (520, 72), 8, 1.0, id="two-pairs-rank8"),
+        pytest.param(2000, 768, (256, 64, 64), 48, 1.0, id="three-pairs-qkv-like"),
+    ],
+)
+def test_against_float64(M, N, ks, r, s, w_kn, dtype):
+    """Against float64, no worse than cuBLAS's chain (``s XA U``, then each base GEMM onto the
+    output in turn, rounding it to ``dtype`` between GEMMs; the kernel never does). M = 300,
+    130 and 2000 end in a part row block, N = 264 and 520 in a part column block, K = 200 and
+    72 in a part K step (TMA clips the stores and zero-fills the loads); rank 72 takes two
+    ``XA U`` steps."""
+    pairs, XA, U = _operands(M, N, ks, r, w_kn, dtype)
+    (X, W), *more = pairs
+    assert _ws_gemm.fusable_ws(X, W, XA, U, w_kn, more)
+    mats = [(X_j, W_j if w_kn else W_j.t()) for X_j, W_j in pairs]
+    Um = U if w_kn else U.t()
+    ref = s * (XA.double() @ Um.double()) + sum(a.double() @ b.double() for a, b in mats)
+    chain = XA @ Um * s
+    for a, b in mats:
+        chain.addmm_(a, b)
+    err = rel_err(_ws_gemm.ws_lora_matmul(X, W, XA, U, s, w_kn, more), ref)
+    assert err <= 1.25 * rel_err(chain, ref) + 1e-4, (err, rel_err(chain, ref))
+
+
+@pytest.mark.gpu
+@needs_sm90
+@pytest.mark.usefixtures("switched_on")
+@pytest.mark.parametrize("block", ["mlp", "qkv", "o"])
+def test_functions_take_it(block, monkeypatch):
+    """Switched on, every fused sum without a bias goes through ``ws_lora_matmul``: o's and
+    down's forwards, and each input gradient (MLP: dh, then dX over gate and up; q, k and v's
+    dX in one call; o's); the block matches PEFT in float64."""
+    calls = []
+    real = _ws_gemm.ws_lora_matmul
+
+    def counting(*args, **kwargs):
+        calls.append((kwargs["w_kn"], len(kwargs.get("more", ()))))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(linear, "ws_lora_matmul", counting)
+    model = make_model(torch.bfloat16, r=8, autocast_adapter_dtype=False).cuda()
+    ref = copy.deepcopy(model).double()
+    X = torch.randn(4, 40, 16, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    errs = compare(block, model, X, ref_model=ref, ref_X=X.detach().double().requires_grad_())
+    assert max(errs.values()) < 2e-2, errs
+    # gate and up's forward is _gemm's gated kernel, q, k and v's its grouped one
+    expected = {
+        "mlp": [(False, 0), (True, 0), (True, 1)],
+        "qkv": [(True, 2)],
+        "o": [(False, 0), (True, 0)],
+    }
+    assert calls == expected[block], calls
+
+
+def test_off_by_default(monkeypatch):
+    """Off unless switched on; on, CPU tensors still take the other routes."""
+    assert not _ws_gemm._enabled
+    (pair,), XA, U = _operands(256, 256, (64,), 16, True, torch.bfloat16, device="cpu")
+    assert not _ws_gemm.fusable_ws(*pair, XA, U, True)
+    monkeypatch.setattr(_ws_gemm, "_enabled", True)
+    monkeypatch.setattr(_gemm, "_MIN_OUTPUT", 0)
+    assert not _ws_gemm.fusable_ws(*pair, XA, U, True)
+
+
+@pytest.mark.gpu
+@needs_sm90
+@pytest.mark.usefixtures("switched_on")
+def test_fusable_rejects(monkeypatch):
+    """Three more pairs, a bias, a float32 operand, a ``U`` of another width or layout, a
+    rank not a multiple of 8, switched off, a small output (at the shipped
+    ``_MIN_OUTPUT``): each turned down."""
+    (pair,), XA, U = _operands(256, 256, (64,), 16, True, torch.bfloat16)
+    X, W = pair
+    assert _ws_gemm.fusable_ws(X, W, XA, U, True)
+    assert not _ws_gemm.fusable_ws(X, W, XA, U, True, [pair] * 3)
+    assert not _ws_gemm.fusable_ws(X, W, XA, U, True, bias=torch.zeros_like(U[0]))
+    assert not _ws_gemm.fusable_ws(X, W, XA, U.float(), True)
+    assert not _ws_gemm.fusable_ws(X, W, XA, U[:, :128], True)
+    assert not _ws_gemm.fusable_ws(X, W, XA, U.t().contiguous(), True)
+    assert not _ws_gemm.fusable_ws(X, W, XA[:, :12], U[:12], True)
+    _ws_gemm.set_ws_gemm(False)
+    assert not _ws_gemm.fusable_ws(X, W, XA, U, True)
+    _ws_gemm.set_ws_gemm(True)
+    monkeypatch.setattr(_gemm, "_MIN_OUTPUT", 1 << 25)
+    assert not _ws_gemm.fusable_ws(X, W, XA, U, True)
