@@ -107,7 +107,7 @@ _STAGES = 3  # 3 x 48 KB of A/B tiles + the 64 KB dh tile: 208 KB of the 227 KB
 _GROUP_M = 8
 _WARPGROUP = 4  # warps: each of the two MMA partitions, and the default one
 _EPILOGUE_WARPS = 2
-_WORKER_REGS = 168  # the 1 + 2 worker warps share one warpgroup: the same register count
+_WORKER_REGS = 168  # each worker partition (4, 1 and 2 warps): the count Triton caps them at
 _SUBTILE = (32, 64)  # epilogue subtiles: [SM, SN], SN = one 128-byte swizzle column block
 _INT32_LIMIT = 2**31  # the epilogue's offsets are int32
 # The activations whose kernel was timed faster than the separate route (H100, 8192 tokens,
