@@ -25,6 +25,7 @@ from lk_autograd import (
     _gemm,
     _lora_grads,
     _quant_kernel,
+    _ws_gated,
     _ws_gemm,
 )
 from lk_triton import _gated
@@ -50,7 +51,7 @@ def compiled(monkeypatch) -> Iterator[list[Any]]:
     for module in (_gated, _gemm, _lora_grads, _quant_kernel, _activation_backward):
         monkeypatch.setattr(module, "launch", compile_only)
     if _down_backward.gluon is not None:  # Gluon kernels, launched through the JIT
-        for module in (_down_backward, _ws_gemm):
+        for module in (_down_backward, _ws_gemm, _ws_gated):
             monkeypatch.setattr(
                 module, "_launch",
                 lambda programs, args, kwargs, kernel=module._kernel: compile_only(
@@ -226,6 +227,28 @@ def test_ws_lora_matmul(compiled, w_kn, ks, r, s, dtype, M, N):
     (X, W), *more = pairs
     U = _randn(*((r, N) if w_kn else (N, r)), dtype=dtype)
     _ws_gemm.ws_lora_matmul(X, W, _randn(M, r, dtype=dtype), U, s, w_kn, more)
+    _check(compiled, ["_kernel"])
+    assert spill_bytes(compiled[0]) == 0
+    assert compiled[0].metadata.shared <= SM90_SHARED_BYTES
+
+
+@pytest.mark.skipif(_down_backward.gluon is None, reason="this Triton has no Gluon (3.6-3.9) API")
+@pytest.mark.parametrize(
+    "activation, dtype, M",
+    [
+        ("silu", torch.bfloat16, 256),
+        ("gelu", torch.bfloat16, 256),
+        ("gelu_tanh", torch.float16, 333),
+    ],
+    ids=["silu-bf16", "gelu-bf16", "gelu_tanh-fp16-M333"],
+)
+def test_ws_gated_lora_matmul(compiled, activation, dtype, M):
+    """Gate, up and the activation over the warp-specialized mainloop: its shared memory
+    fits, no partition spills; M = 333 compiles the masked last row block."""
+    N, K, ranks = 384, 192, (16, 8)
+    Ws = [_randn(N, K, dtype=dtype) for _ in ranks]
+    XAs, Us = [_randn(M, r, dtype=dtype) for r in ranks], [_randn(N, r, dtype=dtype) for r in ranks]
+    _ws_gated.ws_gated_lora_matmul(_randn(M, K, dtype=dtype), Ws, XAs, Us, (2.0, 0.5), activation)
     _check(compiled, ["_kernel"])
     assert spill_bytes(compiled[0]) == 0
     assert compiled[0].metadata.shared <= SM90_SHARED_BYTES

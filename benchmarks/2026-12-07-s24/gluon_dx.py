@@ -45,7 +45,7 @@ def _kernel_dx(
     BN: gl.constexpr = w_desc.block_type.shape[1]
     # c_smem's layout, NVMMASharedLayout(128, 16), is y_desc's
     a_bufs, b_bufs, c_smem, ready, empty, c_ready, c_empty = db._shared_state(
-        dy_desc, w_desc, BN, STAGES, 2
+        dy_desc, w_desc, BN, STAGES, 2, 1
     )
     num_pid_m = gl.cdiv(M, BM)
     num_pid_n = gl.cdiv(N, BN)

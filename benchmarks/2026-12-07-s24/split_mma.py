@@ -83,7 +83,7 @@ def _kernel_split(
     BN: gl.constexpr = w_desc.block_type.shape[1]
     # one arrive per warpgroup on empty and c_ready
     a_bufs, b_bufs, c_smem, ready, empty, c_ready, c_empty = db._shared_state(
-        dy_desc, w_desc, BN, STAGES, 2
+        dy_desc, w_desc, BN, STAGES, 2, 1
     )
     num_pid_m = gl.cdiv(M, BM)
     num_pid_n = gl.cdiv(N, BN)

@@ -1,7 +1,7 @@
-"""``_ws_gemm.ws_lora_matmul``: ``_gemm.lora_matmul``'s sums (no bias) as a warp-specialized
-Gluon GEMM (NVIDIA sm_90; ``-m gpu`` on the device), and its use by the Functions once switched
-on (``set_ws_gemm``). Its compile (shared memory, no spills) is checked on the CPU by
-``tests/test_hopper_compile.py``."""
+"""``_ws_gemm.ws_lora_matmul`` and ``_ws_gated.ws_gated_lora_matmul``: ``_gemm``'s LoRA GEMMs
+(no bias) and gated gate/up kernel as warp-specialized Gluon GEMMs (NVIDIA sm_90; ``-m gpu`` on
+the device), and their use by the Functions once switched on (``set_ws_gemm``). Their compile
+(shared memory, no spills) is checked on the CPU by ``tests/test_hopper_compile.py``."""
 
 import copy
 
@@ -9,8 +9,10 @@ import pytest
 import torch
 
 import lk_autograd._linear as linear
-from lk_autograd import _down_backward, _gemm, _ws_gemm
-from tests.helpers import fresh_seed, rel_err
+import lk_autograd._mlp as mlp
+from lk_autograd import _down_backward, _gemm, _ws_gated, _ws_gemm
+from lk_triton import _gated
+from tests.helpers import check_gated_against_float64, fresh_seed, rel_err
 
 from .models import compare, make_model
 
@@ -77,11 +79,36 @@ def test_against_float64(M, N, ks, r, s, w_kn, dtype):
 @pytest.mark.gpu
 @needs_sm90
 @pytest.mark.usefixtures("switched_on")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("activation", ["silu", "gelu", "gelu_tanh"])
+@pytest.mark.parametrize("M, N, K", [(300, 384, 200), (8192, 14336, 4096)], ids=["tails", "llama"])
+def test_gated_against_float64(M, N, K, activation, dtype):
+    """Gate, up and the activation (ranks 16 and 8, column slices of one ``XA``, scales 0.5
+    and 2) against float64, no worse than the separate path: the cuBLAS pair per projection,
+    then ``lk_triton``'s activation kernel. M = 300 ends in a part row block (masked), K = 200
+    in a part K step, N = 384 is three column tiles."""
+    torch.manual_seed(fresh_seed())
+    ranks, ss = (16, 8), (0.5, 2.0)
+    X = torch.randn(M, K, device="cuda", dtype=dtype)
+    XAs = torch.randn(M, sum(ranks), device="cuda", dtype=dtype).split(ranks, dim=1)
+    Ws = [(torch.randn(N, K, device="cuda") / K**0.5).to(dtype) for _ in ranks]
+    Bs = [torch.randn(N, r, device="cuda", dtype=dtype) for r in ranks]
+    assert _ws_gated.fusable_ws_gated(X, Ws, XAs, Bs)
+    e, g, h = _ws_gated.ws_gated_lora_matmul(X, Ws, XAs, Bs, ss, activation)
+    check_gated_against_float64((e, g, h), X, Ws, XAs, Bs, ss, activation)
+    # h from the rounded e and g, as the separate kernels compute it
+    assert torch.equal(h, _gated.gated_forward(e, g, activation))
+
+
+@pytest.mark.gpu
+@needs_sm90
+@pytest.mark.usefixtures("switched_on")
 @pytest.mark.parametrize("block", ["mlp", "qkv", "o"])
 def test_functions_take_it(block, monkeypatch):
-    """Switched on, every fused sum without a bias goes through ``ws_lora_matmul``: o's and
-    down's forwards, and each input gradient (MLP: dh, then dX over gate and up; q, k and v's
-    dX in one call; o's); the block matches PEFT in float64."""
+    """Switched on (an MLP width of 128: a whole column tile), gate, up and the activation go
+    through ``ws_gated_lora_matmul`` and every other fused sum without a bias through
+    ``ws_lora_matmul``: o's and down's forwards, and each input gradient (MLP: dh, then dX
+    over gate and up; q, k and v's dX in one call; o's); the block matches PEFT in float64."""
     calls = []
     real = _ws_gemm.ws_lora_matmul
 
@@ -90,14 +117,18 @@ def test_functions_take_it(block, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(linear, "ws_lora_matmul", counting)
-    model = make_model(torch.bfloat16, r=8, autocast_adapter_dtype=False).cuda()
+    real_gated = _ws_gated.ws_gated_lora_matmul
+    monkeypatch.setattr(
+        mlp, "ws_gated_lora_matmul", lambda *a: calls.append("gated") or real_gated(*a)
+    )
+    model = make_model(torch.bfloat16, r=8, inter=128, autocast_adapter_dtype=False).cuda()
     ref = copy.deepcopy(model).double()
     X = torch.randn(4, 40, 16, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     errs = compare(block, model, X, ref_model=ref, ref_X=X.detach().double().requires_grad_())
     assert max(errs.values()) < 2e-2, errs
-    # gate and up's forward is _gemm's gated kernel, q, k and v's its grouped one
+    # q, k and v's forward is _gemm's grouped kernel
     expected = {
-        "mlp": [(False, 0), (True, 0), (True, 1)],
+        "mlp": ["gated", (False, 0), (True, 0), (True, 1)],
         "qkv": [(True, 2)],
         "o": [(False, 0), (True, 0)],
     }

@@ -347,20 +347,21 @@ if gluon is not None:
 
     @gluon.jit
     def _shared_state(
-        dy_desc, w_desc, BN: gl.constexpr, STAGES: gl.constexpr, MMA_GROUPS: gl.constexpr
-    ):
+        dy_desc, w_desc, BN: gl.constexpr, STAGES: gl.constexpr, MMA_GROUPS: gl.constexpr,
+        W_TILES: gl.constexpr,
+    ):  # fmt: skip
         """The kernel's shared memory: a ``STAGES``-deep ring of ``dY`` / ``W`` tiles (each
-        descriptor's block) with its ``ready`` (TMA landed) and ``empty`` (read) barriers,
-        and the one ``[BM, BN]`` ``dh`` tile with ``c_ready`` (written) and ``c_empty``
-        (read). ``MMA_GROUPS`` partitions each release every stage and write part of the
-        tile, each arriving once."""
+        descriptor's block; ``W_TILES`` of ``W``'s stacked on rows per slot) with its
+        ``ready`` (TMA landed) and ``empty`` (read) barriers, and the one ``[BM, BN]`` ``dh``
+        tile with ``c_ready`` (written) and ``c_empty`` (read). ``MMA_GROUPS`` partitions
+        each release every stage and write part of the tile, each arriving once."""
         BM: gl.constexpr = dy_desc.block_type.shape[0]
         BK: gl.constexpr = dy_desc.block_type.shape[1]
         W0: gl.constexpr = w_desc.block_type.shape[0]
         W1: gl.constexpr = w_desc.block_type.shape[1]
         dtype: gl.constexpr = dy_desc.dtype
         a_bufs = gl.allocate_shared_memory(dtype, [STAGES, BM, BK], dy_desc.layout)
-        b_bufs = gl.allocate_shared_memory(dtype, [STAGES, W0, W1], w_desc.layout)
+        b_bufs = gl.allocate_shared_memory(dtype, [STAGES, W0 * W_TILES, W1], w_desc.layout)
         c_smem = gl.allocate_shared_memory(dtype, [BM, BN], gl.NVMMASharedLayout(128, 16))
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -393,7 +394,7 @@ if gluon is not None:
         BK: gl.constexpr = dy_desc.block_type.shape[1]
         BN: gl.constexpr = w_desc.block_type.shape[1]
         a_bufs, b_bufs, c_smem, ready, empty, c_ready, c_empty = _shared_state(
-            dy_desc, w_desc, BN, STAGES, 2
+            dy_desc, w_desc, BN, STAGES, 2, 1
         )
 
         num_pid_m = gl.cdiv(M, BM)

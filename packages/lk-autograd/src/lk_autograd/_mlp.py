@@ -15,6 +15,7 @@ from ._activation_backward import activation_backward_with_dA, fusable_activatio
 from ._args import apply_args, autocast_dtype, no_autocast, output, read
 from ._down_backward import down_backward, fusable_down_backward
 from ._gemm import fusable_gated, gated_lora_matmul
+from ._ws_gated import fusable_ws_gated, ws_gated_lora_matmul
 
 # LoRA_MLP's activation names -> lk_triton's. Under torch.compile the kernels run behind
 # lk_triton's custom ops, which keep fullgraph=True tracing on every path (CUDA, CPU, interpreter).
@@ -163,17 +164,21 @@ def _gate_up(
     X: Tensor, gate: L.Proj, up: L.Proj, layouts: tuple, activation: str
 ) -> tuple[Tensor, Tensor, Tensor, list[L.Saved]]:
     """``(e, g, h, saved)``. Plain gate and up projections over 16-bit weights without a bias
-    run in one kernel with the activation in its epilogue (``_gemm.gated_lora_matmul``, where
-    it applies); otherwise ``_linear.forward`` and then ``lk_triton``'s activation kernel."""
+    run in one kernel with the activation in its epilogue (``_ws_gated``'s where switched on
+    and it applies, else ``_gemm.gated_lora_matmul``'s); otherwise ``_linear.forward`` and then
+    ``lk_triton``'s activation kernel."""
     XA = L.lora_inputs(X, [gate, up])
     projs = (gate, up)
     if all(_plain(p, X.dtype) and p.bias is None and lo.quant_state is None
            for p, lo in zip(projs, layouts, strict=True)):  # fmt: skip
         Ws, XAs = [p.W for p in projs], [XA_p[0] for XA_p in XA]
         Bs = [p.adapters[0].B for p in projs]
+        ss, kind = [lo.s[0] for lo in layouts], _KERNEL_ACTIVATION[activation]
+        if fusable_ws_gated(X, Ws, XAs, Bs):
+            e, g, h = ws_gated_lora_matmul(X, Ws, XAs, Bs, ss, kind)
+            return e, g, h, [L.Saved(XA_p, None, None, None) for XA_p in XAs]
         if fusable_gated(X, Ws, XAs, Bs):
-            ss = [lo.s[0] for lo in layouts]
-            e, g, h = gated_lora_matmul(X, Ws, XAs, Bs, ss, _KERNEL_ACTIVATION[activation])
+            e, g, h = gated_lora_matmul(X, Ws, XAs, Bs, ss, kind)
             return e, g, h, [L.Saved(XA_p, None, None, None) for XA_p in XAs]
     (e, g), saved = L.forward(X, [gate, up], layouts, XA)
     if torch.compiler.is_compiling():

@@ -198,7 +198,7 @@ if db.gluon is not None:
         BN: gl.constexpr = y_desc.block_type.shape[1]
         # c_smem's layout, NVMMASharedLayout(128, 16), is y_desc's
         a_bufs, b_bufs, c_smem, ready, empty, c_ready, c_empty = db._shared_state(
-            x0, w0, BN, STAGES, 2
+            x0, w0, BN, STAGES, 2, 1
         )
         num_pid_m = gl.cdiv(M, BM)
         num_pid_n = gl.cdiv(N, BN)
