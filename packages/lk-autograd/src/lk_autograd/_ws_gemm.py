@@ -41,8 +41,9 @@ _enabled = False
 
 def set_ws_gemm(enabled: bool) -> None:
     """Route the 16-bit sums ``_linear`` fuses (a projection's output without a base bias, an
-    input gradient) through this kernel (``enabled``) or through ``_gemm.lora_matmul`` (the
-    default). Both compute the same sums; ``set_fused_gemm(False)`` turns both off."""
+    input gradient) through this kernel, and gate, up and the activation through
+    ``_ws_gated``'s (``enabled``), or through ``_gemm``'s kernels (the default). Both compute
+    the same sums; ``set_fused_gemm(False)`` turns both off."""
     global _enabled
     _enabled = bool(enabled)
 
