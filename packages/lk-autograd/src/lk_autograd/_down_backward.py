@@ -116,6 +116,19 @@ _INT32_LIMIT = 2**31  # the epilogue's offsets are int32
 _TIMED_ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
 
 
+def gluon_runs_here(t: Tensor) -> bool:
+    """The process and device the Gluon kernels (this module's, ``_ws_gemm``'s, ``_ws_gated``'s)
+    ask for: a checked Gluon API and what ``_gemm._runs_here`` asks for, on an sm_90 GPU."""
+    return (
+        gluon is not None and _runs_here(t) and torch.cuda.get_device_capability(t.device)[0] == 9
+    )
+
+
+def gl_dtype(t: Tensor) -> Any:
+    """Gluon's name for ``t``'s 16-bit dtype."""
+    return {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[t.dtype]
+
+
 def fusable_down_backward(
     dY: Tensor, W: Tensor | None, e: Tensor, g: Tensor, A: Tensor, activation: str
 ) -> bool:
@@ -127,9 +140,7 @@ def fusable_down_backward(
     ``W`` and ``A``, a rank that is a multiple of 8 (``dXA``'s rows, 16-byte aligned for TMA).
     ``W`` is None for a 4-bit weight, which ``_linear.base_weight`` dequantizes to a contiguous
     ``[K, N]`` for the call."""
-    if activation not in _TIMED_ACTIVATIONS or gluon is None or not _runs_here(dY):
-        return False
-    if torch.cuda.get_device_capability(dY.device)[0] != 9:
+    if activation not in _TIMED_ACTIVATIONS or not gluon_runs_here(dY):
         return False
     BM, BN, _ = _TILE
     (M, K), N = dY.shape, e.shape[1]
@@ -171,7 +182,7 @@ def gated_grads(
         )
     de, dg = (e, g) if inplace else (torch.empty_like(e), torch.empty_like(g))
     h = torch.empty_like(e)
-    dtype = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[dY.dtype]
+    dtype = gl_dtype(dY)
     mk = gl.NVMMASharedLayout.get_default_for([BM, BK], dtype)
     kn = gl.NVMMASharedLayout.get_default_for([BK, BN], dtype)
     descs = [TensorDescriptor.from_tensor(t, [BM, BK], mk) for t in (dY, dXA)]

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from . import _down_backward as db
 from . import _gemm, _ws_gemm
-from ._gemm import _DTYPES, _aligned, _runs_here, persistent_programs
+from ._gemm import _DTYPES, _aligned, persistent_programs
 
 _HALF_TILE = 128  # columns of e (and of g) per tile
 
@@ -41,9 +41,7 @@ def fusable_ws_gated(
     a multiple of 128, one 16-bit dtype, ranks that are multiples of 8, outputs of at least
     ``_gemm._MIN_OUTPUT`` elements together and under ``2^31`` each (int32 offsets),
     TMA-aligned operands, at least 128 tokens."""
-    if not _ws_gemm._enabled or db.gluon is None or len(Ws) != 2 or not _runs_here(X):
-        return False
-    if torch.cuda.get_device_capability(X.device)[0] != 9:
+    if not _ws_gemm._enabled or len(Ws) != 2 or not db.gluon_runs_here(X):
         return False
     (M, K), N = X.shape, Ws[0].shape[0]
     tensors = [X, *Ws, *XAs, *Us]
@@ -77,7 +75,7 @@ def ws_gated_lora_matmul(
     XA = torch.cat([XA_g if s_g == 1 else XA_g * s_g, XA_u if s_u == 1 else XA_u * s_u], 1)
     U_g = torch.cat([B_g, B_g.new_zeros(N, XA_u.shape[1])], 1)
     U_u = torch.cat([B_u.new_zeros(N, XA_g.shape[1]), B_u], 1)
-    dtype = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[X.dtype]
+    dtype = db.gl_dtype(X)
     mk = gl.NVMMASharedLayout.get_default_for([BM, BK], dtype)
     nk = gl.NVMMASharedLayout.get_default_for([_HALF_TILE, BK], dtype)
     e, g, h = (torch.empty(M, N, device=X.device, dtype=X.dtype) for _ in range(3))

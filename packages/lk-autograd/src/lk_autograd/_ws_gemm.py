@@ -33,7 +33,7 @@ from torch import Tensor
 
 from . import _down_backward as db
 from . import _gemm
-from ._gemm import _DTYPES, _aligned, _runs_here, persistent_programs
+from ._gemm import _DTYPES, _aligned, persistent_programs
 
 _MAX_PAIRS = 3  # q, k and v's input gradient
 _enabled = False
@@ -61,9 +61,7 @@ def fusable_ws(
     bias, Gluon's API, eager, enabled, an NVIDIA sm_90 GPU, at most two more pairs, one 16-bit
     dtype, every pair adding onto one ``[M, N]`` output of at least ``_gemm._MIN_OUTPUT``
     elements, TMA-aligned operands, a rank that is a multiple of 8."""
-    if not _enabled or bias is not None or db.gluon is None or len(more) >= _MAX_PAIRS:
-        return False
-    if not _runs_here(X) or torch.cuda.get_device_capability(X.device)[0] != 9:
+    if not _enabled or bias is not None or len(more) >= _MAX_PAIRS or not db.gluon_runs_here(X):
         return False
     (M, r), pairs = XA.shape, [(X, W), *more]
     N = U.shape[1] if w_kn else U.shape[0]
@@ -91,7 +89,7 @@ def ws_lora_matmul(
     checks ``fusable_ws`` first."""
     BM, BN, BK = db._TILE
     M, N, r = X.shape[0], U.shape[1] if w_kn else U.shape[0], XA.shape[1]
-    dtype = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[X.dtype]
+    dtype = db.gl_dtype(X)
     w_block = [BK, BN] if w_kn else [BN, BK]
     mk = gl.NVMMASharedLayout.get_default_for([BM, BK], dtype)
     w_layout = gl.NVMMASharedLayout.get_default_for(w_block, dtype)
