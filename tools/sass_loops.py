@@ -40,10 +40,10 @@ def compile_kernel(activation: str, tokens: int, r: int = 16):
     )
     kernels = []
 
-    def compile_only(programs, args, kwargs):
-        kernels.append(db._kernel.warmup(*args, grid=(programs,), **kwargs))
+    def compile_only(kernel, programs, args, kwargs, device):
+        kernels.append(kernel.warmup(*args, grid=(programs,), **kwargs))
 
-    with sm90_driver(), mock.patch.object(db, "_launch", compile_only):
+    with sm90_driver(), mock.patch.object(db, "launch", compile_only):
         db.down_backward(dY, W, dXA, A, e, g, activation, inplace=True)
     return kernels[0]
 

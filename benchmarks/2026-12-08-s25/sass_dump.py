@@ -25,10 +25,10 @@ def kernel_sass(activation: str, tokens: int, dtype: torch.dtype) -> list[str]:
     operands = [torch.randn(*shape).to(dtype) for shape in shapes]
     compiled = []
 
-    def compile_only(programs, args, options):
-        compiled.append(db._kernel.warmup(*args, grid=(programs,), **options))
+    def compile_only(kernel, programs, args, options, device):
+        compiled.append(kernel.warmup(*args, grid=(programs,), **options))
 
-    with sm90_driver(), mock.patch.object(db, "_launch", compile_only):
+    with sm90_driver(), mock.patch.object(db, "launch", compile_only):
         db.gated_grads(*operands, activation, True)
     return [text for _, text in sass(compiled[0])]
 

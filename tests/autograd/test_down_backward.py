@@ -9,7 +9,7 @@ import torch
 
 import lk_autograd._mlp as mlp
 from lk_autograd import _down_backward as db
-from lk_triton import _gated
+from lk_triton import _gated, _launch
 from tests.helpers import fresh_seed, rel_err
 
 from .models import (
@@ -75,6 +75,22 @@ def test_against_float64(kind, dtype, M, K, N, r):
     same bits. Rank 72 takes two ``dXA A`` steps; K = 200 is a zero-filled K tail; M = 300
     and 2000 end in a part row block (masked: rows past M neither read nor written), 2000 x
     8192 makes 512 tiles, four or so per CTA."""
+    _check_against_float64(kind, dtype, M, K, N, r)
+
+
+def test_second_launch_takes_the_cache(monkeypatch):
+    """The first launch compiles through the JIT and is kept (``lk_triton._launch``, which
+    keys Gluon descriptors on their layout too); the second, on fresh data, runs the kept
+    ``CompiledKernel`` and still matches float64."""
+    monkeypatch.setattr(_launch, "_compiled", {})
+    _check_against_float64("silu", torch.bfloat16, 300, 200, 512, 16)
+    kept = dict(_launch._compiled)
+    assert [key[0] for key in kept] == [db._kernel]
+    _check_against_float64("silu", torch.bfloat16, 300, 200, 512, 16)
+    assert _launch._compiled == kept
+
+
+def _check_against_float64(kind, dtype, M, K, N, r):
     dY, W, dXA, A, e, g = _case(M, K, N, r, dtype)
     assert db.fusable_down_backward(dY, W, e, g, A, kind)
     dh64 = dY.double() @ W.double() + dXA.double() @ A.double()

@@ -24,7 +24,24 @@ def _arguments() -> list:
         (base, [16, 16]), (base[:, :32], [16, 16]), (base[:16], [16, 16]), (base, [16, 32]),
         (base.half(), [16, 16]),
     ]]  # fmt: skip
-    return [*ints, True, False, 0.5, 1.0, 2.0, None, *tensors, *descriptors]
+    return [*ints, True, False, 0.5, 1.0, 2.0, None, *tensors, *descriptors, *_gluon_descriptors()]
+
+
+def _gluon_descriptors() -> list:
+    """Gluon's host descriptors (``_down_backward``, ``_ws_gemm``, ``_ws_gated``): they also
+    specialize on their shared-memory layout."""
+    try:
+        from triton.experimental.gluon import language as gl
+        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    except ImportError:
+        return []
+    base = torch.empty(64, 64, dtype=torch.bfloat16)
+    wide, narrow = gl.NVMMASharedLayout(128, 16), gl.NVMMASharedLayout(64, 16)
+    return [TensorDescriptor.from_tensor(t, block, layout) for t, block, layout in [
+        (base, [16, 64], wide), (base[:32], [16, 64], wide), (base, [16, 64], narrow),
+        (base, [32, 64], wide), (base.half(), [16, 64], gl.NVMMASharedLayout(128, 16)),
+        (base, [16, 32], narrow),
+    ]]  # fmt: skip
 
 
 def test_specialization_is_the_jit_s():

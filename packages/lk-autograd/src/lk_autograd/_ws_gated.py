@@ -26,6 +26,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from lk_triton._launch import launch
+
 from . import _down_backward as db
 from . import _gemm, _ws_gemm
 from ._gemm import _DTYPES, _aligned, persistent_programs
@@ -75,9 +77,7 @@ def ws_gated_lora_matmul(
     XA = torch.cat([XA_g if s_g == 1 else XA_g * s_g, XA_u if s_u == 1 else XA_u * s_u], 1)
     U_g = torch.cat([B_g, B_g.new_zeros(N, XA_u.shape[1])], 1)
     U_u = torch.cat([B_u.new_zeros(N, XA_g.shape[1]), B_u], 1)
-    dtype = db.gl_dtype(X)
-    mk = gl.NVMMASharedLayout.get_default_for([BM, BK], dtype)
-    nk = gl.NVMMASharedLayout.get_default_for([_HALF_TILE, BK], dtype)
+    mk, nk = db.tile_layout(X.dtype, BM, BK), db.tile_layout(X.dtype, _HALF_TILE, BK)
     e, g, h = (torch.empty(M, N, device=X.device, dtype=X.dtype) for _ in range(3))
     args = [
         TensorDescriptor.from_tensor(X, [BM, BK], mk),
@@ -91,13 +91,8 @@ def ws_gated_lora_matmul(
                "WORKER_REGS": db._WORKER_REGS, "SM": db._SUBTILE[0], "SN": db._SUBTILE[1],
                "TAIL": M % BM != 0, "num_warps": db._WARPGROUP}  # fmt: skip
     tiles = triton.cdiv(M, BM) * (N // _HALF_TILE)
-    _launch(min(persistent_programs(X), tiles), args, options)
+    launch(_kernel, min(persistent_programs(X), tiles), args, options, X.device)
     return e, g, h
-
-
-def _launch(programs: int, args: list, options: dict) -> None:
-    """Through the JIT, as ``_down_backward._launch``."""
-    _kernel[(programs,)](*args, **options)
 
 
 if db.gluon is not None:

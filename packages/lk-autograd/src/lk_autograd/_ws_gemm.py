@@ -31,6 +31,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from lk_triton._launch import launch
+
 from . import _down_backward as db
 from . import _gemm
 from ._gemm import _DTYPES, _aligned, persistent_programs
@@ -89,10 +91,8 @@ def ws_lora_matmul(
     checks ``fusable_ws`` first."""
     BM, BN, BK = db._TILE
     M, N, r = X.shape[0], U.shape[1] if w_kn else U.shape[0], XA.shape[1]
-    dtype = db.gl_dtype(X)
     w_block = [BK, BN] if w_kn else [BN, BK]
-    mk = gl.NVMMASharedLayout.get_default_for([BM, BK], dtype)
-    w_layout = gl.NVMMASharedLayout.get_default_for(w_block, dtype)
+    mk, w_layout = db.tile_layout(X.dtype, BM, BK), db.tile_layout(X.dtype, *w_block)
 
     def pair(X_j: Tensor, W_j: Tensor) -> tuple:
         return (TensorDescriptor.from_tensor(X_j, [BM, BK], mk),
@@ -110,13 +110,8 @@ def ws_lora_matmul(
     options = {"STAGES": db._STAGES, "GROUP": db._GROUP_M, "W_KN": w_kn,
                "WORKER_REGS": db._WORKER_REGS, "num_warps": db._WARPGROUP}  # fmt: skip
     tiles = triton.cdiv(M, BM) * triton.cdiv(N, BN)
-    _launch(min(persistent_programs(X), tiles), args, options)
+    launch(_kernel, min(persistent_programs(X), tiles), args, options, X.device)
     return Y
-
-
-def _launch(programs: int, args: list, options: dict) -> None:
-    """Through the JIT, as ``_down_backward._launch``."""
-    _kernel[(programs,)](*args, **options)
 
 
 if db.gluon is not None:

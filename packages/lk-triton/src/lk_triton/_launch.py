@@ -12,10 +12,13 @@ specialization call it directly, with every parameter in ``kernel.arg_names`` or
 
 The cache key is what the JIT specializes on (Triton 3.6-3.9's ``native_specialize_impl``,
 checked against it by ``tests/triton/test_launch.py``): per argument, a tensor descriptor's
-dtype and block shape (its shape and strides are run-time arguments), a tensor's dtype and
-16-byte alignment, an int's ``== 1``, ``% 16 == 0``, 32-bit and unsigned 64-bit ranges, a
-bool's or a float's type, None; then the constexpr and option values, the kernel and the
-current device. NVIDIA only: see ``launch``.
+dtype and block shape, and a Gluon descriptor's shared-memory layout (their shapes and strides
+are run-time arguments), a tensor's dtype and 16-byte alignment, an int's ``== 1``,
+``% 16 == 0``, 32-bit and unsigned 64-bit ranges, a bool's or a float's type, None; then the
+constexpr and option values, the kernel and the current device. Gluon kernels launch the same
+way: their JIT is Triton's (``GluonJITFunction`` keeps ``JITFunction.run``, which calls the
+``CompiledKernel``'s launcher with the bound arguments, as the cached path does). NVIDIA only:
+see ``launch``.
 """
 
 from __future__ import annotations
@@ -26,12 +29,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+_DESCRIPTOR: tuple[type, ...] = ()  # host tensor descriptors: Triton's, then Gluon's
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    _DESCRIPTOR: tuple[type, ...] = (TensorDescriptor,)
-except ImportError:  # no triton (nothing launches), or one without host tensor descriptors
-    _DESCRIPTOR = ()
+    _DESCRIPTOR += (TensorDescriptor,)
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+
+    _DESCRIPTOR += (GluonDescriptor,)
+except ImportError:  # no triton (nothing launches), or one without these descriptors
+    pass
 
 # Specializations differ only in dtypes, alignment, flags and ranks: a few dozen in a process.
 # A bound keeps an unexpected stream of them (a caller varying a constexpr) from growing.
@@ -41,8 +48,8 @@ _compiled: dict[tuple, Any] = {}
 
 def _specialization(arg: Any) -> Any:
     """The part of one argument that selects the compiled kernel (see the module docstring)."""
-    if isinstance(arg, _DESCRIPTOR):
-        return arg.base.dtype, tuple(arg.block_shape)
+    if isinstance(arg, _DESCRIPTOR):  # a Gluon descriptor's shared-memory layout too
+        return arg.base.dtype, tuple(arg.block_shape), getattr(arg, "layout", None)
     if isinstance(arg, Tensor):
         return arg.dtype, arg.data_ptr() % 16 == 0
     if isinstance(arg, bool):
