@@ -282,27 +282,15 @@ if gluon is not None:
         N, ACTIVATION: gl.constexpr, SM: gl.constexpr, SN: gl.constexpr, GROUP: gl.constexpr,
         EPI_WARPS: gl.constexpr, TAIL: gl.constexpr,
     ):  # fmt: skip
-        """``de``, ``dg`` and ``h`` from each ``dh`` tile, one ``[SM, SN]`` subtile per
-        iteration of a runtime loop. The 128-byte-swizzled ``[BM, BN]`` buffer is ``BN / SN``
-        column blocks of ``[BM, SN]`` (each row 128 bytes), so it is reinterpreted as
-        ``[NSUB, SM, SN]``, column block major."""
+        """``de``, ``dg`` and ``h`` from each ``dh`` tile, one ``[SM, SN]`` subtile (``subtiles``)
+        per iteration of a runtime loop."""
         BM: gl.constexpr = c_smem.shape[0]
         BN: gl.constexpr = c_smem.shape[1]
         NR: gl.constexpr = BM // SM  # row subtiles per column block
         NSUB: gl.constexpr = NR * (BN // SN)
-        VEC: gl.constexpr = 8
-        blk: gl.constexpr = gl.BlockedLayout(
-            [1, VEC], [32 // (SN // VEC), SN // VEC], [EPI_WARPS, 1], [1, 0]
-        )
-        sub_layout: gl.constexpr = gl.NVMMASharedLayout(128, 16, rank=2)  # leading dim: batch
-        if _PUBLIC_REINTERPRET:
-            subs = c_smem.reinterpret(c_smem.dtype, [NSUB, SM, SN], sub_layout)
-        else:
-            subs = c_smem._reinterpret(c_smem.dtype, [NSUB, SM, SN], sub_layout)
-        rows = gl.arange(0, SM, layout=gl.SliceLayout(1, blk))
-        cols = gl.arange(0, SN, layout=gl.SliceLayout(0, blk))
-        offs = gl.expand_dims(rows, 1) * N + gl.expand_dims(cols, 0)
-        row_ids = gl.expand_dims(rows, 1)  # masks: a subtile's rows below M (TMA zero-fills dh)
+        # row_ids: masks, a subtile's rows below M (TMA zero-fills dh)
+        subs, offs, row_ids = subtiles(c_smem, N, NSUB, SM, SN, EPI_WARPS)
+        blk: gl.constexpr = offs.type.layout
 
         num_tiles = num_pid_m * num_pid_n
         pid = gl.program_id(0)
@@ -347,6 +335,32 @@ if gluon is not None:
             _barrier()  # both warps have read the whole tile
             mbarrier.arrive(c_empty, count=1)
             t += 1  # noqa: SIM113 (Gluon loops have no enumerate)
+
+    @gluon.jit
+    def subtiles(
+        c_smem, N, NSUB: gl.constexpr, SM: gl.constexpr, SN: gl.constexpr,
+        EPI_WARPS: gl.constexpr,
+    ):  # fmt: skip
+        """An epilogue's view of its 128-byte-swizzled ``[BM, BN]`` tile (``_ws_gated``'s
+        too): ``(subs, offs, row_ids)``, the tile reinterpreted as ``NSUB`` ``[SM, SN]``
+        subtiles (``BN / SN`` column blocks of ``[BM, SN]``, each row 128 bytes, column block
+        major), a subtile's element offsets in a row-major ``[*, N]`` output and its row
+        indices ``[SM, 1]``; ``offs.type.layout`` is the blocked layout to load subtiles in
+        (8-element vectors across a row, ``EPI_WARPS`` warps down the rows)."""
+        VEC: gl.constexpr = 8
+        blk: gl.constexpr = gl.BlockedLayout(
+            [1, VEC], [32 // (SN // VEC), SN // VEC], [EPI_WARPS, 1], [1, 0]
+        )
+        sub_layout: gl.constexpr = gl.NVMMASharedLayout(128, 16, rank=2)  # leading dim: batch
+        if _PUBLIC_REINTERPRET:
+            subs = c_smem.reinterpret(c_smem.dtype, [NSUB, SM, SN], sub_layout)
+        else:
+            subs = c_smem._reinterpret(c_smem.dtype, [NSUB, SM, SN], sub_layout)
+        rows = gl.arange(0, SM, layout=gl.SliceLayout(1, blk))
+        cols = gl.arange(0, SN, layout=gl.SliceLayout(0, blk))
+        offs = gl.expand_dims(rows, 1) * N + gl.expand_dims(cols, 0)
+        row_ids = gl.expand_dims(rows, 1)
+        return subs, offs, row_ids
 
     @gluon.jit
     def _rows_below(row_ids, bound, TAIL: gl.constexpr):

@@ -148,26 +148,14 @@ if db.gluon is not None:
         EPI_WARPS: gl.constexpr, TAIL: gl.constexpr,
     ):  # fmt: skip
         """``e``, ``g`` and ``h`` from each ``[e | g]`` tile, one ``[SM, SN]`` subtile of
-        ``e`` and its subtile of ``g`` per iteration. The 128-byte-swizzled ``[BM, 2 BH]``
-        buffer is ``2 BH / SN`` column blocks of ``[BM, SN]``, reinterpreted as ``[NSUB, SM,
-        SN]`` (column block major): ``e``'s subtiles first, then ``g``'s."""
+        ``e`` and its subtile of ``g`` per iteration (``_down_backward.subtiles``: ``e``'s
+        subtiles first, then ``g``'s)."""
         BM: gl.constexpr = c_smem.shape[0]
         BH: gl.constexpr = c_smem.shape[1] // 2
         NR: gl.constexpr = BM // SM  # row subtiles per column block
         NE: gl.constexpr = NR * (BH // SN)  # e's subtiles
-        VEC: gl.constexpr = 8
-        blk: gl.constexpr = gl.BlockedLayout(
-            [1, VEC], [32 // (SN // VEC), SN // VEC], [EPI_WARPS, 1], [1, 0]
-        )
-        sub_layout: gl.constexpr = gl.NVMMASharedLayout(128, 16, rank=2)  # leading dim: batch
-        if db._PUBLIC_REINTERPRET:
-            subs = c_smem.reinterpret(c_smem.dtype, [2 * NE, SM, SN], sub_layout)
-        else:
-            subs = c_smem._reinterpret(c_smem.dtype, [2 * NE, SM, SN], sub_layout)
-        rows = gl.arange(0, SM, layout=gl.SliceLayout(1, blk))
-        cols = gl.arange(0, SN, layout=gl.SliceLayout(0, blk))
-        offs = gl.expand_dims(rows, 1) * N + gl.expand_dims(cols, 0)
-        row_ids = gl.expand_dims(rows, 1)
+        subs, offs, row_ids = db.subtiles(c_smem, N, 2 * NE, SM, SN, EPI_WARPS)
+        blk: gl.constexpr = offs.type.layout
         t = 0
         for tile_id in range(gl.program_id(0), num_pid_m * num_pid_n, gl.num_programs(0)):
             pid_m, pid_n = db._tile_mn(tile_id, num_pid_m, num_pid_n, GROUP)
