@@ -229,6 +229,27 @@ def test_ws_lora_matmul(compiled, w_kn, ks, r, s, dtype, M, N):
 
 @pytest.mark.skipif(_down_backward.gluon is None, reason="this Triton has no Gluon (3.6-3.9) API")
 @pytest.mark.parametrize(
+    "Ns, ranks, ss, dtype, M",
+    [
+        ((512, 128, 128), (16, 16, 16), (2.0, 2.0, 2.0), torch.bfloat16, 256),
+        ((264, 520), (72, 8), (1.0, 0.5), torch.float16, 333),
+    ],
+    ids=["qkv-r16-bf16", "two-outputs-r72-fp16-tails"],
+)
+def test_ws_lora_matmul_group(compiled, Ns, ranks, ss, dtype, M):
+    """Two or three projections of one input over the warp-specialized mainloop: its shared
+    memory fits, no partition spills."""
+    K = 192
+    Ws = [_randn(N, K, dtype=dtype) for N in Ns]
+    XAs = _randn(M, sum(ranks), dtype=dtype).split(ranks, dim=1)
+    Us = [_randn(N, r, dtype=dtype) for N, r in zip(Ns, ranks, strict=True)]
+    _ws_gemm.ws_lora_matmul_group(_randn(M, K, dtype=dtype), Ws, XAs, Us, ss)
+    _check(compiled, ["_group_kernel"])
+    assert spill_bytes(compiled[0]) == 0
+
+
+@pytest.mark.skipif(_down_backward.gluon is None, reason="this Triton has no Gluon (3.6-3.9) API")
+@pytest.mark.parametrize(
     "activation, dtype, M",
     [
         ("silu", torch.bfloat16, 256),

@@ -8,7 +8,7 @@ instructions at the same addresses, so the same bits and the same time as before
 
 Specializations: ``down_backward`` and ``_ws_gated`` for SiLU, GELU and GELU-tanh, whole and
 partial row blocks, bf16 and fp16; ``_ws_gemm`` for both weight layouts, one and three base
-pairs, bf16 and fp16.
+pairs, bf16 and fp16, and its group for two and three outputs, bf16 and fp16.
 
 Usage: ``uv run --with triton==3.6.0 tools/sass_dump.py dump|compare FILE`` (the GPU
 machine's Triton; no GPU needed, ``tools/_sm90.py``).
@@ -60,6 +60,14 @@ def _ws_gemm_call(w_kn: bool, pairs: int, dtype: torch.dtype) -> None:
     _ws_gemm.ws_lora_matmul(_randn(M, K, dtype=dtype), weight(K), XA, U, 2.0, w_kn, more)
 
 
+def _ws_group_call(outputs: int, dtype: torch.dtype) -> None:
+    M, Ns = 256, (N, 128, 128)[:outputs]
+    Ws = [_randn(n, K, dtype=dtype) for n in Ns]
+    XAs = _randn(M, outputs * R, dtype=dtype).split(R, dim=1)
+    Us = [_randn(n, R, dtype=dtype) for n in Ns]
+    _ws_gemm.ws_lora_matmul_group(_randn(M, K, dtype=dtype), Ws, XAs, Us, (2.0,) * outputs)
+
+
 def specializations() -> Iterator[tuple[str, object, Callable[[], None]]]:
     """``(name, module, call)``: each call launches one specialization of the module's kernel."""
     for dtype in DTYPES:
@@ -81,6 +89,8 @@ def specializations() -> Iterator[tuple[str, object, Callable[[], None]]]:
             for pairs in (1, 3):
                 name = f"ws_gemm-{'XW' if w_kn else 'XWt'}-{pairs}-{dt}"
                 yield name, _ws_gemm, partial(_ws_gemm_call, w_kn, pairs, dtype)
+        for outputs in (2, 3):
+            yield f"ws_gemm_group-{outputs}-{dt}", _ws_gemm, partial(_ws_group_call, outputs, dtype)
 
 
 def kernel_sass(module: object, call: Callable[[], None]) -> list[str]:

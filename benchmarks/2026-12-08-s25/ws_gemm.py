@@ -10,7 +10,7 @@ of o (``K`` = 4096), q, k and v (``K`` = 4096, 1024, 1024; ``dXA`` the three ada
 *Prediction* (from ``gluon_dx.py``'s single input-gradient pair, 9-34 us under ``_gemm`` with
 one 8-warp consumer, plus the split MMA partitions' ~1.6%): 1-2% under ``_gemm`` at every
 shape: 5-10 us at o's, 15-25 at q/k/v's dX and down's forward, 30-60 at gate/up's dX and
-forward. If so,
+forward; the q/k/v forward's group (added in the twenty-sixth session) 5-10 us. If so,
 switch it on (``_ws_gemm._enabled``) once the GPU tests pass.
 
 Usage (sm_90 GPU, PYTHONPATH as tools/gpu_session.sh sets it): ``python3 ws_gemm.py`` checks
@@ -87,6 +87,30 @@ def gated_row(N: int = 14336, K: int = 4096, r: int = 16) -> str:
     return f"gate/up/SiLU forward, N = {N}, K = {K}, r = {r}: e, g, h same bits {same}; ms {ms}"
 
 
+def group_row(Ns: tuple[int, ...] = (4096, 1024, 1024), K: int = 4096, r: int = 16) -> str:
+    """q, k and v's forward (added in the twenty-sixth session): ``_ws_gemm``'s group against
+    ``_gemm``'s and cuBLAS's bare ``X [W_q; W_k; W_v]^T``."""
+    from bench_lora_blocks import alternated_ms, capture_graph
+
+    torch.manual_seed(K + len(Ns))
+    bf16 = {"device": "cuda", "dtype": torch.bfloat16}
+    X = torch.randn(M, K, **bf16)
+    Ws = [torch.randn(N, K, **bf16) * 0.02 for N in Ns]
+    XAs = torch.randn(M, len(Ns) * r, **bf16).split(r, dim=1)
+    Bs = [torch.randn(N, r, **bf16) * 0.02 for N in Ns]
+    W_qkv, ss = torch.cat(Ws), (2.0,) * len(Ns)
+    steps = {
+        "cuBLAS X [W_q; W_k; W_v]^T": lambda: X @ W_qkv.t(),
+        "_ws_gemm group": lambda: _ws_gemm.ws_lora_matmul_group(X, Ws, XAs, Bs, ss),
+        "_gemm group": lambda: _gemm.lora_matmul_group(X, Ws, XAs, Bs, ss),
+    }
+    ws, ref = steps["_ws_gemm group"](), steps["_gemm group"]()
+    same = [torch.equal(a, b) for a, b in zip(ws, ref, strict=True)]
+    times = alternated_ms({k: capture_graph(f) for k, f in steps.items()}, 5)
+    ms = ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in times.items())
+    return f"q/k/v forward, N = {Ns}, K = {K}, r = {r}: same bits {same}; ms {ms}"
+
+
 def main() -> None:
     print(torch.cuda.get_device_name(), torch.__version__, flush=True)
     rows = [
@@ -99,6 +123,7 @@ def main() -> None:
     for row in rows:
         print(shape_row(*row), flush=True)
     print(gated_row(), flush=True)
+    print(group_row(), flush=True)
 
 
 if __name__ == "__main__":

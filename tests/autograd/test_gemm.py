@@ -220,6 +220,10 @@ def test_fusable_rejects(monkeypatch):
     assert not _gemm.fusable(X, W, XA, U, [(X, W)] * 3)  # more than _MAX_MORE extra pairs
     assert not _gemm.fusable(X, W, XA, U, [(X.half(), W.half())])  # an extra pair's dtype
     assert not _gemm.fusable(X, W, XA, U, [(X[:, 1:63], W[:, 1:63])])  # its alignment
+    X, W, XA, U = _case(64, 68, 64, 16, False, torch.bfloat16, False)  # aligned operands...
+    assert not _gemm.fusable(X, W, XA, U)  # ...but the output's rows: 136 bytes, no TMA store
+    Ws, XAs, Us = [W, W], [XA, XA], [U, U]
+    assert not _gemm.fusable_group(X, Ws, XAs, Us) and not _gemm.fusable_gated(X, Ws, XAs, Us)
 
 
 def test_set_fused_gemm_turns_it_off():

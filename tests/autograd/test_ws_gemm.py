@@ -1,7 +1,8 @@
-"""``_ws_gemm.ws_lora_matmul`` and ``_ws_gated.ws_gated_lora_matmul``: ``_gemm``'s LoRA GEMMs
-(no bias) and gated gate/up kernel as warp-specialized Gluon GEMMs (NVIDIA sm_90; ``-m gpu`` on
-the device), and their use by the Functions once switched on (``set_ws_gemm``). Their compile
-(shared memory, no spills) is checked on the CPU by ``tests/test_hopper_compile.py``."""
+"""``_ws_gemm.ws_lora_matmul`` (and its group) and ``_ws_gated.ws_gated_lora_matmul``: ``_gemm``'s
+LoRA GEMMs (no bias) and gated gate/up kernel as warp-specialized Gluon GEMMs (NVIDIA sm_90;
+``-m gpu`` on the device), and their use by the Functions once switched on (``set_ws_gemm``).
+Their compile (shared memory, no spills) is checked on the CPU by
+``tests/test_hopper_compile.py``."""
 
 import copy
 
@@ -10,6 +11,7 @@ import torch
 
 import lk_autograd._linear as linear
 import lk_autograd._mlp as mlp
+import lk_autograd._plain as plain
 from lk_autograd import _down_backward, _gemm, _ws_gated, _ws_gemm
 from lk_triton import _gated
 from tests.helpers import check_gated_against_float64, fresh_seed, rel_err
@@ -80,6 +82,60 @@ def test_against_float64(M, N, ks, r, s, w_kn, dtype):
 @needs_sm90
 @pytest.mark.usefixtures("switched_on")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize(
+    "M, Ns, K, ranks, ss",
+    [
+        pytest.param(8192, (4096, 1024, 1024), 4096, (16, 16, 16), (2.0,) * 3, id="qkv-llama"),
+        pytest.param(300, (264, 520), 200, (72, 8), (0.5, 1.0), id="two-tails-rank72"),
+        pytest.param(2000, (768, 256, 256), 256, (16, 8, 24), (1.0,) * 3, id="three-ranks"),
+    ],
+)
+def test_group_against_float64(M, Ns, K, ranks, ss, dtype):
+    """Each projection of the group (``XA_j`` column slices of one ``XA``, as ``_plain``
+    splits it) against float64, no worse than cuBLAS's chain for it (``s_j XA_j B_j^T``, then
+    ``X W_j^T`` onto it). M = 300 and 2000 end in a part row block, N = 264 and 520 in a part
+    column block (a tile of the next projection follows), K = 200 in a part K step; ranks 72
+    and 8 in one group run two rank steps each (``XA_j`` zero-filled past its rank); unit
+    scales keep the slices as views."""
+    torch.manual_seed(fresh_seed())
+    X = torch.randn(M, K, device="cuda", dtype=dtype)
+    XAs = torch.randn(M, sum(ranks), device="cuda", dtype=dtype).split(ranks, dim=1)
+    Ws = [(torch.randn(N, K, device="cuda") / K**0.5).to(dtype) for N in Ns]
+    Bs = [torch.randn(N, r, device="cuda", dtype=dtype) for N, r in zip(Ns, ranks, strict=True)]
+    assert _ws_gemm.fusable_ws_group(X, Ws, XAs, Bs)
+    outs = _ws_gemm.ws_lora_matmul_group(X, Ws, XAs, Bs, ss)
+    for Y, W, XA, B, s in zip(outs, Ws, XAs, Bs, ss, strict=True):
+        ref = X.double() @ W.double().t() + s * (XA.double() @ B.double().t())
+        chain = (XA @ B.t() * s).addmm_(X, W.t())
+        err = rel_err(Y, ref)
+        assert Y.shape == ref.shape and err <= 1.25 * rel_err(chain, ref) + 1e-4, err
+
+
+@pytest.mark.gpu
+@needs_sm90
+@pytest.mark.usefixtures("switched_on")
+def test_group_fusable_rejects():
+    """One projection, four, a bias, a float32 operand, a ``B`` of another rank, an output
+    row of 136 bytes (68 columns: no TMA store), a rank not a multiple of 8: turned down."""
+    torch.manual_seed(fresh_seed())
+    X = torch.randn(256, 64, device="cuda", dtype=torch.bfloat16)
+    XA = torch.randn(256, 16, device="cuda", dtype=torch.bfloat16)
+    W = torch.randn(128, 64, device="cuda", dtype=torch.bfloat16)
+    B = torch.randn(128, 16, device="cuda", dtype=torch.bfloat16)
+    assert _ws_gemm.fusable_ws_group(X, [W, W], [XA, XA], [B, B])
+    assert not _ws_gemm.fusable_ws_group(X, [W], [XA], [B])
+    assert not _ws_gemm.fusable_ws_group(X, [W] * 4, [XA] * 4, [B] * 4)
+    assert not _ws_gemm.fusable_ws_group(X, [W, W], [XA, XA], [B, B], [None, B[:, 0].clone()])
+    assert not _ws_gemm.fusable_ws_group(X, [W, W.float()], [XA, XA], [B, B])
+    assert not _ws_gemm.fusable_ws_group(X, [W, W], [XA, XA], [B, B[:, :8]])
+    assert not _ws_gemm.fusable_ws_group(X, [W, W[:68]], [XA, XA], [B, B[:68]])
+    assert not _ws_gemm.fusable_ws_group(X, [W, W], [XA, XA[:, :12]], [B, B[:, :12]])
+
+
+@pytest.mark.gpu
+@needs_sm90
+@pytest.mark.usefixtures("switched_on")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("activation", ["silu", "gelu", "gelu_tanh"])
 @pytest.mark.parametrize("M, N, K", [(300, 384, 200), (8192, 14336, 4096)], ids=["tails", "llama"])
 def test_gated_against_float64(M, N, K, activation, dtype):
@@ -106,9 +162,10 @@ def test_gated_against_float64(M, N, K, activation, dtype):
 @pytest.mark.parametrize("block", ["mlp", "qkv", "o"])
 def test_functions_take_it(block, monkeypatch):
     """Switched on (an MLP width of 128: a whole column tile), gate, up and the activation go
-    through ``ws_gated_lora_matmul`` and every other fused sum without a bias through
-    ``ws_lora_matmul``: o's and down's forwards, and each input gradient (MLP: dh, then dX
-    over gate and up; q, k and v's dX in one call; o's); the block matches PEFT in float64."""
+    through ``ws_gated_lora_matmul``, q, k and v's forwards through ``ws_lora_matmul_group``
+    and every other fused sum without a bias through ``ws_lora_matmul``: o's and down's
+    forwards, and each input gradient (MLP: dh, then dX over gate and up; q, k and v's dX in
+    one call; o's); the block matches PEFT in float64."""
     calls = []
     real = _ws_gemm.ws_lora_matmul
 
@@ -117,19 +174,21 @@ def test_functions_take_it(block, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(linear, "ws_lora_matmul", counting)
-    real_gated = _ws_gated.ws_gated_lora_matmul
+    real_gated, real_group = _ws_gated.ws_gated_lora_matmul, _ws_gemm.ws_lora_matmul_group
     monkeypatch.setattr(
         mlp, "ws_gated_lora_matmul", lambda *a: calls.append("gated") or real_gated(*a)
+    )
+    monkeypatch.setattr(
+        plain, "ws_lora_matmul_group", lambda *a: calls.append("group") or real_group(*a)
     )
     model = make_model(torch.bfloat16, r=8, inter=128, autocast_adapter_dtype=False).cuda()
     ref = copy.deepcopy(model).double()
     X = torch.randn(4, 40, 16, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     errs = compare(block, model, X, ref_model=ref, ref_X=X.detach().double().requires_grad_())
     assert max(errs.values()) < 2e-2, errs
-    # q, k and v's forward is _gemm's grouped kernel
     expected = {
         "mlp": ["gated", (False, 0), (True, 0), (True, 1)],
-        "qkv": [(True, 2)],
+        "qkv": ["group", (True, 2)],
         "o": [(False, 0), (True, 0)],
     }
     assert calls == expected[block], calls
@@ -139,10 +198,12 @@ def test_off_by_default(monkeypatch):
     """Off unless switched on; on, CPU tensors still take the other routes."""
     assert not _ws_gemm._enabled
     (pair,), XA, U = _operands(256, 256, (64,), 16, True, torch.bfloat16, device="cpu")
-    assert not _ws_gemm.fusable_ws(*pair, XA, U, True)
-    monkeypatch.setattr(_ws_gemm, "_enabled", True)
-    monkeypatch.setattr(_gemm, "_MIN_OUTPUT", 0)
-    assert not _ws_gemm.fusable_ws(*pair, XA, U, True)
+    X, W, B = pair[0], pair[1].t().contiguous(), U.t().contiguous()  # q/k/v-like operands
+    for _ in range(2):  # off, then on with CPU tensors
+        assert not _ws_gemm.fusable_ws(*pair, XA, U, True)
+        assert not _ws_gemm.fusable_ws_group(X, [W, W], [XA, XA], [B, B])
+        monkeypatch.setattr(_ws_gemm, "_enabled", True)
+        monkeypatch.setattr(_gemm, "_MIN_OUTPUT", 0)
 
 
 @pytest.mark.gpu

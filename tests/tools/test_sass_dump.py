@@ -21,9 +21,11 @@ def test_same_kernel_same_sass_and_kernels_apart():
     import sass_dump
     from _sm90 import sm90_driver
 
-    firsts = {}
+    firsts, names = {}, []
     for name, module, call in sass_dump.specializations():
         firsts.setdefault(module, (name, call))
+        names.append(name)
+    assert len(set(names)) == len(names)
     assert len(firsts) == 3  # down_backward, _ws_gated, _ws_gemm
     with sm90_driver():
         (module, (_, call)), *others = firsts.items()

@@ -98,6 +98,12 @@ def _aligned(t: Tensor) -> bool:
     return t.stride(1) == 1 and (t.stride(0) * size) % 16 == 0 and t.data_ptr() % 16 == 0
 
 
+def _output_aligned(N: int, X: Tensor) -> bool:
+    """Whether a new ``[M, N]`` output in ``X``'s dtype takes TMA stores: 16-byte rows (no
+    operand of ``X W^T`` has ``N`` as its row length)."""
+    return N * X.element_size() % 16 == 0
+
+
 def fusable(
     X: Tensor,
     W: Tensor,
@@ -110,12 +116,14 @@ def fusable(
     ``more``, or the bias): enabled (``set_fused_gemm``), NVIDIA sm_90+, eager (torch.compile
     keeps cuBLAS), one 16-bit dtype, a rank that is a multiple of 8 up to ``_MAX_RANK``, at
     most ``_MAX_MORE`` extra pairs, TMA-aligned 2-D layouts, a contiguous bias, an output of at
-    least ``_MIN_OUTPUT`` elements. (Not under ``TRITON_INTERPRET=1``: Triton 3.9's interpreter
-    loads bf16 through TMA descriptors wrongly, 3.6's cannot run the persistent loop; the
-    kernels run there on float32 CPU tensors, for the tests.)"""
+    least ``_MIN_OUTPUT`` elements with 16-byte rows. (Not under ``TRITON_INTERPRET=1``:
+    Triton 3.9's interpreter loads bf16 through TMA descriptors wrongly, 3.6's cannot run the
+    persistent loop; the kernels run there on float32 CPU tensors, for the tests.)"""
     r = XA.shape[1]
-    big = r > 0 and X.shape[0] * (U.numel() // r) >= _MIN_OUTPUT  # M x N
-    return big and _runs_here(X) and _operands_fit(X, W, XA, U, more, bias)
+    N = U.numel() // r if r else 0
+    if r == 0 or X.shape[0] * N < _MIN_OUTPUT or not _output_aligned(N, X):
+        return False
+    return _runs_here(X) and _operands_fit(X, W, XA, U, more, bias)
 
 
 def fusable_gated(
@@ -137,7 +145,7 @@ def fusable_group(
     ``lora_matmul`` could run, of at least ``_MIN_OUTPUT`` elements together."""
     if not 1 < len(Ws) <= _MAX_GROUP or X.shape[0] * sum(W.shape[0] for W in Ws) < _MIN_OUTPUT:
         return False
-    if not _runs_here(X):
+    if not all(_output_aligned(W.shape[0], X) for W in Ws) or not _runs_here(X):
         return False
     parts = zip(Ws, XAs, Us, biases or [None] * len(Ws), strict=True)
     return all(_operands_fit(X, W, XA, U, (), bias) for W, XA, U, bias in parts)

@@ -7,7 +7,8 @@ dtype (no autocast; PEFT's default fp32 adapters on 16-bit activations narrowed 
 
     XA = X [A_1; A_2; ...]^T  (one GEMM, split by rank)
     Y_j = s_j XA_j B_j^T + X W_j^T + bias_j          (_linear.lora_first; without 4-bit
-                                                     weights, _gemm.lora_matmul_group)
+                                                     weights, _gemm.lora_matmul_group, or
+                                                     _ws_gemm's group once switched on)
 
     dB_j = s_j dY_j^T XA_j      dXA_j = s_j dY_j B_j      dbias_j = sum_N dY_j
                     (_lora_grads: one pass over every dY_j, q, k and v in one launch; or
@@ -34,6 +35,7 @@ from ._gemm import fusable_group, lora_matmul_group
 from ._linear import base_weight, input_grad, lora_first, rank_r_grads, to
 from ._lora_grads import fusable_grads, lora_grads
 from ._params import LoraParams
+from ._ws_gemm import fusable_ws_group, ws_lora_matmul_group
 
 
 class PlainLayout(NamedTuple):
@@ -78,7 +80,10 @@ def forward(ctx: Any, X: Tensor, plan: PlainLayout, flat: Sequence[Any]) -> list
     Ws, biases, As, Bs = flat[0::4], flat[1::4], flat[2::4], flat[3::4]
     XA = X @ (As[0] if len(As) == 1 else torch.cat(As)).t()
     XAs = XA.split(plan.ranks, dim=1) if len(As) > 1 else (XA,)
-    if all(q is None for q in plan.quant_states) and fusable_group(X, Ws, XAs, Bs, biases):
+    unquantized = all(q is None for q in plan.quant_states)
+    if unquantized and fusable_ws_group(X, Ws, XAs, Bs, biases):
+        outs = ws_lora_matmul_group(X, Ws, XAs, Bs, plan.s)
+    elif unquantized and fusable_group(X, Ws, XAs, Bs, biases):
         outs = lora_matmul_group(X, Ws, XAs, Bs, plan.s, biases)
     else:
         qs = plan.quant_states

@@ -30,7 +30,7 @@ from lk_triton._launch import launch
 
 from . import _down_backward as db
 from . import _gemm, _ws_gemm
-from ._gemm import _DTYPES, _aligned, persistent_programs
+from ._gemm import persistent_programs
 
 _HALF_TILE = 128  # columns of e (and of g) per tile
 
@@ -45,20 +45,12 @@ def fusable_ws_gated(
     TMA-aligned operands, at least 128 tokens."""
     if not _ws_gemm._enabled or len(Ws) != 2 or not db.gluon_runs_here(X):
         return False
-    (M, K), N = X.shape, Ws[0].shape[0]
-    tensors = [X, *Ws, *XAs, *Us]
-    if X.dtype not in _DTYPES or any(t.dtype != X.dtype for t in tensors):
-        return False
-    BM = db._TILE[0]
-    if any(W.shape != (N, K) for W in Ws) or N % _HALF_TILE or M < BM:
+    (M, N), BM = (X.shape[0], Ws[0].shape[0]), db._TILE[0]
+    if Ws[1].shape[0] != N or N % _HALF_TILE or M < BM:
         return False
     if 2 * M * N < _gemm._MIN_OUTPUT or M * N >= db._INT32_LIMIT:
         return False
-    for XA, U in zip(XAs, Us, strict=True):
-        r = XA.shape[1]
-        if r % 8 or XA.shape[0] != M or U.shape != (N, r):
-            return False
-    return all(_aligned(t) for t in tensors)
+    return _ws_gemm.projections_fit(X, Ws, XAs, Us)
 
 
 def ws_gated_lora_matmul(

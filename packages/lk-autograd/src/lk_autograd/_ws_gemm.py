@@ -17,7 +17,8 @@ two one-warpgroup ``m64`` wgmma consumers (``_mma_half``) take the tile's halves
 finished ``[128, 256]`` tile from shared memory by TMA (which clips the edges: any ``M``,
 ``N`` and ``K_j``; TMA zero-fills the loads past them). ``s`` is folded into ``XA`` first
 (``XA s`` rounded to ``XA``'s dtype, as ``_gemm`` does in registers). A base bias is left to
-``_gemm``.
+``_gemm``. ``ws_lora_matmul_group`` runs q, k and v's forwards (``_gemm.lora_matmul_group``'s
+sums) on the same partitions, with a loader and a store warp that pick each tile's projection.
 
 Measured on an H100 (BENCHMARKS.md, twenty-fifth session, ``gluon_dx.py``: one input-gradient
 pair, with one 8-warp consumer then): 0.391 ms at o's ``8192 x 4096 x 4096`` against 0.400
@@ -35,7 +36,7 @@ from lk_triton._launch import launch
 
 from . import _down_backward as db
 from . import _gemm
-from ._gemm import _DTYPES, _aligned, persistent_programs
+from ._gemm import _DTYPES, _aligned, _output_aligned, persistent_programs
 
 _MAX_PAIRS = 3  # q, k and v's input gradient
 _enabled = False
@@ -43,9 +44,10 @@ _enabled = False
 
 def set_ws_gemm(enabled: bool) -> None:
     """Route the 16-bit sums ``_linear`` fuses (a projection's output without a base bias, an
-    input gradient) through this kernel, and gate, up and the activation through
-    ``_ws_gated``'s (``enabled``), or through ``_gemm``'s kernels (the default). Both compute
-    the same sums; ``set_fused_gemm(False)`` turns both off."""
+    input gradient) through this kernel, q, k and v's forwards (``_plain``) through its group,
+    and gate, up and the activation through ``_ws_gated``'s (``enabled``), or through
+    ``_gemm``'s kernels (the default). Both compute the same sums; ``set_fused_gemm(False)``
+    turns both off."""
     global _enabled
     _enabled = bool(enabled)
 
@@ -62,7 +64,7 @@ def fusable_ws(
     """True when ``ws_lora_matmul`` can and should run: switched on (``set_ws_gemm``), no
     bias, Gluon's API, eager, enabled, an NVIDIA sm_90 GPU, at most two more pairs, one 16-bit
     dtype, every pair adding onto one ``[M, N]`` output of at least ``_gemm._MIN_OUTPUT``
-    elements, TMA-aligned operands, a rank that is a multiple of 8."""
+    elements with 16-byte rows, TMA-aligned operands, a rank that is a multiple of 8."""
     if not _enabled or bias is not None or len(more) >= _MAX_PAIRS or not db.gluon_runs_here(X):
         return False
     (M, r), pairs = XA.shape, [(X, W), *more]
@@ -71,6 +73,8 @@ def fusable_ws(
     if X.dtype not in _DTYPES or any(t.dtype != X.dtype for t in tensors):
         return False
     if U.shape != ((r, N) if w_kn else (N, r)) or r % 8 or M * N < _gemm._MIN_OUTPUT:
+        return False
+    if not _output_aligned(N, X):
         return False
     shape = (lambda K: (K, N)) if w_kn else (lambda K: (N, K))
     fits = all(X_j.shape[0] == M and W_j.shape == shape(X_j.shape[1]) for X_j, W_j in pairs)
@@ -112,6 +116,82 @@ def ws_lora_matmul(
     tiles = triton.cdiv(M, BM) * triton.cdiv(N, BN)
     launch(_kernel, min(persistent_programs(X), tiles), args, options, X.device)
     return Y
+
+
+def fusable_ws_group(
+    X: Tensor,
+    Ws: Sequence[Tensor],
+    XAs: Sequence[Tensor],
+    Us: Sequence[Tensor],
+    biases: Sequence[Tensor | None] | None = None,
+) -> bool:
+    """True when ``ws_lora_matmul_group`` can and should run: switched on, no bias, Gluon's
+    API, eager, enabled, an NVIDIA sm_90 GPU, two or three projections of ``X`` (``[N_j, K]``
+    weights, ``U_j = B_j`` ``[N_j, r_j]``), one 16-bit dtype, ranks that are multiples of 8,
+    outputs of at least ``_gemm._MIN_OUTPUT`` elements together with 16-byte rows, TMA-aligned
+    operands."""
+    if not _enabled or any(b is not None for b in biases or ()) or not db.gluon_runs_here(X):
+        return False
+    if (
+        not 1 < len(Ws) <= _MAX_PAIRS
+        or X.shape[0] * sum(W.shape[0] for W in Ws) < _gemm._MIN_OUTPUT
+    ):
+        return False
+    return projections_fit(X, Ws, XAs, Us)
+
+
+def projections_fit(
+    X: Tensor, Ws: Sequence[Tensor], XAs: Sequence[Tensor], Us: Sequence[Tensor]
+) -> bool:
+    """The operands of projections ``X W_j^T + s_j XA_j U_j^T`` of one input (the group's,
+    ``_ws_gated``'s) that these kernels take: one 16-bit dtype, ``W_j`` ``[N_j, K]``, ``XA_j``
+    ``[M, r_j]`` with ``r_j`` a multiple of 8, ``U_j`` ``[N_j, r_j]``, outputs with 16-byte
+    rows, TMA-aligned operands."""
+    (M, K), tensors = X.shape, [X, *Ws, *XAs, *Us]
+    if X.dtype not in _DTYPES or any(t.dtype != X.dtype for t in tensors):
+        return False
+    for W, XA, U in zip(Ws, XAs, Us, strict=True):
+        r = XA.shape[1]
+        if W.shape[1] != K or XA.shape[0] != M or r % 8 or U.shape != (W.shape[0], r):
+            return False
+        if not _output_aligned(W.shape[0], X):
+            return False
+    return all(_aligned(t) for t in tensors)
+
+
+def ws_lora_matmul_group(
+    X: Tensor,
+    Ws: Sequence[Tensor],
+    XAs: Sequence[Tensor],
+    Us: Sequence[Tensor],
+    ss: Sequence[float],
+) -> list[Tensor]:
+    """``[X W_j^T + s_j XA_j U_j^T for each j]``, two or three projections of one ``X`` (q, k
+    and v) in one launch: ``_gemm.lora_matmul_group``'s sums without a bias. The outputs'
+    column tiles are numbered one after the other, as if ``[Y_0 | Y_1 | Y_2]`` were one
+    output, and each tile's loads and store go to its projection's tensors. Every tile runs
+    ``ceil(max_j r_j / 64)`` rank steps (TMA zero-fills each ``XA_j`` past ``r_j``), so the
+    MMA partitions see one step count. The caller checks ``fusable_ws_group`` first."""
+    BM, BN, BK = db._TILE
+    M, K = X.shape
+    mk, nk = db.tile_layout(X.dtype, BM, BK), db.tile_layout(X.dtype, BN, BK)
+    y_layout = gl.NVMMASharedLayout(128, 16)  # the tile buffer's (_shared_state)
+    outs = [torch.empty(M, W.shape[0], device=X.device, dtype=X.dtype) for W in Ws]
+    per_output = []
+    for W, XA, U, Y, s in zip(Ws, XAs, Us, outs, ss, strict=True):
+        per_output += (TensorDescriptor.from_tensor(W, [BN, BK], nk),
+                       TensorDescriptor.from_tensor(XA if s == 1 else XA * s, [BM, BK], mk),
+                       TensorDescriptor.from_tensor(U, [BN, BK], nk),
+                       TensorDescriptor.from_tensor(Y, [BM, BN], y_layout))  # fmt: skip
+    per_output += per_output[:4] * (_MAX_PAIRS - len(Ws))  # an absent third: no column tiles
+    col_tiles = [triton.cdiv(W.shape[0], BN) for W in Ws] + [0] * (_MAX_PAIRS - len(Ws))
+    rank = max(XA.shape[1] for XA in XAs)
+    args = [TensorDescriptor.from_tensor(X, [BM, BK], mk), *per_output, K, rank, *col_tiles, M]
+    options = {"STAGES": db._STAGES, "GROUP": db._GROUP_M, "WORKER_REGS": db._WORKER_REGS,
+               "num_warps": db._WARPGROUP}  # fmt: skip
+    tiles = triton.cdiv(M, BM) * sum(col_tiles)
+    launch(_group_kernel, min(persistent_programs(X), tiles), args, options, X.device)
+    return outs
 
 
 if db.gluon is not None:
@@ -208,6 +288,85 @@ if db.gluon is not None:
                                    GROUP, W_KN)),
                 (_store_partition, (y_desc, c_smem, c_ready, c_empty, num_pid_m, num_pid_n,
                                     GROUP)),
+            ],
+            [4, 1, 1],  # the second MMA warpgroup, the loader, the store
+            [WORKER_REGS, WORKER_REGS, WORKER_REGS],
+        )  # fmt: skip
+        db._invalidate(ready, empty, c_ready, c_empty, STAGES)
+
+    @gluon.jit
+    def _group_load_partition(
+        x_desc, K, w0, xa0, u0, w1, xa1, u1, w2, xa2, u2, R, n0, n1, a_bufs, b_bufs, ready,
+        empty, num_pid_m, num_pid_n, STAGES: gl.constexpr, GROUP: gl.constexpr,
+    ):  # fmt: skip
+        """Per tile of ``[Y_0 | Y_1 | Y_2]`` (``n_j`` column tiles each): its projection's
+        base K steps, then its rank pair's ``R`` (the largest rank)."""
+        it = 0
+        for tile_id in range(gl.program_id(0), num_pid_m * num_pid_n, gl.num_programs(0)):
+            pm, pn = db._tile_mn(tile_id, num_pid_m, num_pid_n, GROUP)
+            if pn < n0:
+                it = _load_pair(x_desc, w0, K, pm, pn, it, a_bufs, b_bufs, ready, empty,
+                                STAGES, False)  # fmt: skip
+                it = _load_pair(xa0, u0, R, pm, pn, it, a_bufs, b_bufs, ready, empty, STAGES,
+                                False)  # fmt: skip
+            elif pn < n0 + n1:
+                it = _load_pair(x_desc, w1, K, pm, pn - n0, it, a_bufs, b_bufs, ready, empty,
+                                STAGES, False)  # fmt: skip
+                it = _load_pair(xa1, u1, R, pm, pn - n0, it, a_bufs, b_bufs, ready, empty,
+                                STAGES, False)  # fmt: skip
+            else:
+                pn2 = pn - n0 - n1
+                it = _load_pair(x_desc, w2, K, pm, pn2, it, a_bufs, b_bufs, ready, empty,
+                                STAGES, False)  # fmt: skip
+                it = _load_pair(xa2, u2, R, pm, pn2, it, a_bufs, b_bufs, ready, empty, STAGES,
+                                False)  # fmt: skip
+
+    @gluon.jit
+    def _group_store_partition(
+        y0, y1, y2, n0, n1, c_smem, c_ready, c_empty, num_pid_m, num_pid_n, GROUP: gl.constexpr
+    ):
+        """``_store_partition`` for the group: each tile into its projection's output."""
+        BM: gl.constexpr = c_smem.shape[0]
+        BN: gl.constexpr = c_smem.shape[1]
+        t = 0
+        for tile_id in range(gl.program_id(0), num_pid_m * num_pid_n, gl.num_programs(0)):
+            pm, pn = db._tile_mn(tile_id, num_pid_m, num_pid_n, GROUP)
+            mbarrier.wait(c_ready, t & 1)
+            if pn < n0:
+                _tma_store(y0, [pm * BM, pn * BN], c_smem)
+            elif pn < n0 + n1:
+                _tma_store(y1, [pm * BM, (pn - n0) * BN], c_smem)
+            else:
+                _tma_store(y2, [pm * BM, (pn - n0 - n1) * BN], c_smem)
+            tma.store_wait(0)
+            mbarrier.arrive(c_empty, count=1)
+            t += 1  # noqa: SIM113 (Gluon loops have no enumerate)
+
+    @gluon.jit
+    def _group_kernel(
+        x_desc, w0, xa0, u0, y0, w1, xa1, u1, y1, w2, xa2, u2, y2, K, R, n0, n1, n2, M,
+        STAGES: gl.constexpr, GROUP: gl.constexpr, WORKER_REGS: gl.constexpr,
+    ):  # fmt: skip
+        BM: gl.constexpr = y0.block_type.shape[0]
+        BK: gl.constexpr = x_desc.block_type.shape[1]
+        BN: gl.constexpr = y0.block_type.shape[1]
+        a_bufs, b_bufs, c_smem, ready, empty, c_ready, c_empty = db._shared_state(
+            x_desc, w0, BN, STAGES, 2, 1
+        )
+        num_pid_m = gl.cdiv(M, BM)
+        num_pid_n = n0 + n1 + n2
+        steps = gl.cdiv(K, BK) + gl.cdiv(R, BK)
+        gl.warp_specialize(
+            [
+                (db._mma_half, (a_bufs, b_bufs, ready, empty, c_smem, c_ready, c_empty,
+                                num_pid_m, num_pid_n, steps, STAGES, 0, False)),
+                (db._mma_half, (a_bufs, b_bufs, ready, empty, c_smem, c_ready, c_empty,
+                                num_pid_m, num_pid_n, steps, STAGES, 1, False)),
+                (_group_load_partition, (x_desc, K, w0, xa0, u0, w1, xa1, u1, w2, xa2, u2, R,
+                                         n0, n1, a_bufs, b_bufs, ready, empty, num_pid_m,
+                                         num_pid_n, STAGES, GROUP)),
+                (_group_store_partition, (y0, y1, y2, n0, n1, c_smem, c_ready, c_empty,
+                                          num_pid_m, num_pid_n, GROUP)),
             ],
             [4, 1, 1],  # the second MMA warpgroup, the loader, the store
             [WORKER_REGS, WORKER_REGS, WORKER_REGS],
