@@ -11,7 +11,8 @@ Axolotl's Functions too where its wheel imports (its NF4 and MLP paths need CUDA
 On CUDA the loop is bracketed by ``torch.cuda.synchronize`` (bf16 there, float32 on the CPU).
 ``--profile BLOCK`` prints a cProfile of our path for that block instead of the table.
 ``--launches`` times each Triton launcher (the fused LoRA GEMMs, the gated activation, the
-4-bit dequantize where bitsandbytes imports) and the O and QKV steps on the fused path, on
+4-bit dequantize where bitsandbytes imports, the Gluon kernels on sm_90: ``down_backward`` and
+``_ws_gemm``'s and ``_ws_gated``'s, called directly) and the O and QKV steps on the fused path, on
 small tensors, through ``lk_triton._launch``'s cache of compiled kernels and through the JIT's
 dispatch at every call (the cache made to keep nothing).
 """
@@ -33,7 +34,15 @@ from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
 
 from _peers import axolotl_lora
-from lk_autograd import _gemm, apply_lora_mlp, apply_lora_o, apply_lora_qkv
+from lk_autograd import (
+    _down_backward,
+    _gemm,
+    _ws_gated,
+    _ws_gemm,
+    apply_lora_mlp,
+    apply_lora_o,
+    apply_lora_qkv,
+)
 from lk_triton import _gated, _launch
 
 D, INTER, HEADS, KV, HD, TOKENS, RANK = 64, 128, 4, 2, 16, 8, 4
@@ -129,6 +138,15 @@ def launcher_calls() -> dict[str, Callable[[], object]]:
         "activation forward": lambda: _gated.gated_forward(X, W, "silu"),
         "activation backward": lambda: _gated.gated_backward(X, W, X, "silu", inplace=False),
     }
+    if _down_backward.gluon_runs_here(X):  # the Gluon kernels (NVIDIA sm_90)
+        e, g = t(n, n), t(n, n)
+        ws_group, ws_gated = _ws_gemm.ws_lora_matmul_group, _ws_gated.ws_gated_lora_matmul
+        calls.update({
+            "down_backward": lambda: _down_backward.gated_grads(X, W, XA, A, e, g, "silu", False),
+            "ws_lora_matmul": lambda: _ws_gemm.ws_lora_matmul(X, W, XA, B, 2.0, False),
+            "ws_lora_matmul_group of 3": lambda: ws_group(X, *three, [2.0] * 3),
+            "ws_gated_lora_matmul": lambda: ws_gated(X, *two, [2.0] * 2, "silu"),
+        })  # fmt: skip
     try:
         import bitsandbytes.functional as bnbf
 

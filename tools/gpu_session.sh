@@ -12,7 +12,8 @@
 # grads (tools/bench_lora_grads.py), actgrad (tools/bench_activation_backward.py: the kernel
 # table and a twelve-round MLP A/B), actsweep (its tile sweep), profile (kernel tables of the
 # QKV and MLP blocks, r=16), down (tools/bench_down_backward.py: the kernel table and a
-# twelve-round MLP A/B, bf16 and NF4), down_table (its kernel table for SiLU, GELU, GELU-tanh).
+# twelve-round MLP A/B, bf16 and NF4), down_table (its kernel table for SiLU, GELU, GELU-tanh),
+# launches (tools/bench_overhead.py --launches: host us per launch, kept kernel against the JIT).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit
 OUT=${OUT:-bench-results}
@@ -56,8 +57,9 @@ for s in "${steps[@]}"; do
             --activations silu gelu gelu_tanh ;;
         actsweep) step actsweep env OUT="$OUT/actsweep" python3 tools/bench_activation_backward.py \
             --sweep ;;
+        launches) step launches python3 tools/bench_overhead.py --launches ;;
         profile) step profile bash -c "python3 tools/bench_lora_blocks.py --profile qkv --ranks 16 \
             && python3 tools/bench_lora_blocks.py --profile mlp --ranks 16" ;;
-        *) echo "unknown step $s (tests compile micro micro3 model model32 grads actgrad down down_table actsweep profile)" && exit 2 ;;
+        *) echo "unknown step $s (tests compile micro micro3 model model32 grads actgrad down down_table actsweep launches profile)" && exit 2 ;;
     esac
 done
