@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="ours on cuBLAS only (set_fused_gemm(False)), a control")  # fmt: skip
     ap.add_argument("--ws-gemm", action="store_true",
                     help="ours with the warp-specialized _ws_gemm (off by default)")  # fmt: skip
+    ap.add_argument("--profile", action="store_true",
+                    help="model: one more step per variant under torch.profiler, its kernels' "
+                         "times in the JSON and a table")  # fmt: skip
     ap.add_argument("--out", type=Path, metavar="DIR")
     ap.add_argument("--smoke", action="store_true", help="check the scripts, quickly")
     args = ap.parse_args(argv)
@@ -144,10 +147,11 @@ def run_model(args: argparse.Namespace) -> dict | None:
     from bench_model import LLAMA3_8B, SMOKE, run_config, unavailable
 
     if args.smoke:
-        options = argparse.Namespace(dims=SMOKE, device="cpu", tokens=64, steps=1)
+        options = argparse.Namespace(dims=SMOKE, device="cpu", tokens=64, steps=1,
+                                     profile=args.profile)  # fmt: skip
     elif torch.cuda.is_available():
         options = argparse.Namespace(dims=LLAMA3_8B, device="cuda", tokens=args.tokens,
-                                     steps=args.steps)  # fmt: skip
+                                     steps=args.steps, profile=args.profile)  # fmt: skip
     else:
         print("model suite: needs CUDA (or --smoke for the tiny CPU model), skipped")
         return None
@@ -307,6 +311,34 @@ def model_table(payload: dict) -> Table:
     return table
 
 
+KERNEL_ROWS, KERNEL_NAME = 20, 70  # the kernel table: rows, and characters of each name
+
+
+def kernel_tables(payload: dict) -> list[Table]:
+    """With ``--profile``: per configuration, the kernels with the most time in any variant's
+    profiled step, each variant's ms and calls for them (``-``: not among its largest)."""
+    tables = []
+    for layers in dict.fromkeys(r["layers"] for r in payload["rows"]):
+        rows = [r for r in payload["rows"] if r["layers"] == layers and r.get("kernels")]
+        if not rows:
+            continue
+
+        def most_ms(name: str, rows: list[dict] = rows) -> float:
+            return max(r["kernels"].get(name, [0, 0.0])[1] for r in rows)
+
+        names = sorted({n for r in rows for n in r["kernels"]}, key=most_ms, reverse=True)
+        table = Table(title=f"{layers} layers: ms (calls) per step, one profiled step")
+        table.add_column("kernel")
+        for r in rows:
+            table.add_column(r["variant"])
+        for name in names[:KERNEL_ROWS]:
+            cells = [f"{r['kernels'][name][1]:.2f} ({r['kernels'][name][0]})"
+                     if name in r["kernels"] else "-" for r in rows]  # fmt: skip
+            table.add_row(name[:KERNEL_NAME], *cells)
+        tables.append(table)
+    return tables
+
+
 def output_dir(args: argparse.Namespace) -> Path:
     """``--out``, else ``$OUT``, else ``bench-results/`` at the repository root."""
     out = args.out or Path(os.environ.get("OUT") or ROOT / "bench-results")
@@ -348,8 +380,11 @@ def run(args: argparse.Namespace) -> None:
 
 def print_table(payload: dict) -> None:
     """The suite's short table, on the console."""
-    table = micro_table(payload) if payload["suite"] == "micro" else model_table(payload)
-    Console(width=160).print(table)
+    micro = payload["suite"] == "micro"
+    console = Console(width=160)
+    console.print(micro_table(payload) if micro else model_table(payload))
+    for table in [] if micro else kernel_tables(payload):
+        console.print(table)
 
 
 def main(argv: list[str] | None = None) -> None:

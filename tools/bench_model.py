@@ -18,7 +18,7 @@ import functools
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.util import find_spec
 
 import torch
@@ -37,6 +37,9 @@ PEERS = {"Axolotl": axolotl_lora, "Unsloth": unsloth_lora}  # loaders of the pee
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+KEPT_KERNELS = 40  # per profiled variant: the kernels (CPU ops on the CPU) with the most time
+
+
 @dataclass
 class Result:
     layers: int
@@ -45,6 +48,8 @@ class Result:
     tokens_per_s: float
     peak_gib: float | None  # None on the CPU
     loss: float
+    # With --profile: {kernel: [calls, ms]} over one more step, its KEPT_KERNELS largest
+    kernels: dict[str, list] | None = field(default=None, repr=False)
 
 
 def build(dims: dict, layers: int, checkpointing: bool, device: str, tokens: int):
@@ -63,8 +68,11 @@ def build(dims: dict, layers: int, checkpointing: bool, device: str, tokens: int
     return get_peft_model(model, lora)
 
 
-def time_steps(model, steps: int, tokens: int) -> tuple[float, float | None, float]:
-    """Return (tokens/s, peak GiB, first loss) over ``steps`` timed steps after 2 warm-ups.
+def time_steps(
+    model, steps: int, tokens: int, profile: bool = False
+) -> tuple[float, float | None, float, dict[str, list] | None]:
+    """Return (tokens/s, peak GiB, first loss, kernels) over ``steps`` timed steps after 2
+    warm-ups; with ``profile``, ``kernels`` is ``profiled_step``'s table of one more step.
 
     The first warm-up loss comes before any optimizer step, so it compares across variants.
     """
@@ -94,7 +102,29 @@ def time_steps(model, steps: int, tokens: int) -> tuple[float, float | None, flo
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-    return tokens * steps / elapsed, peak, first_loss
+    kernels = profiled_step(step, cuda) if profile else None
+    return tokens * steps / elapsed, peak, first_loss, kernels
+
+
+def profiled_step(step, cuda: bool) -> dict[str, list]:
+    """``{name: [calls, ms]}`` of one ``step()`` under ``torch.profiler``: the GPU kernels'
+    own time on CUDA (the CPU ops' on the CPU), the ``KEPT_KERNELS`` largest. Where a step's
+    time goes, kernel by kernel, to set one variant beside another."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+    totals: dict[str, list] = {}
+    for event in prof.key_averages():  # by name; kernels are events of the CUDA device type
+        on_gpu = event.device_type == torch.autograd.DeviceType.CUDA
+        if on_gpu == cuda:
+            us = event.self_device_time_total if on_gpu else event.self_cpu_time_total
+            totals[event.key] = [event.count, us / 1e3]
+    largest = sorted(totals.items(), key=lambda item: -item[1][1])[:KEPT_KERNELS]
+    return {name: [calls, round(ms, 4)] for name, (calls, ms) in largest}
 
 
 @contextlib.contextmanager
@@ -176,12 +206,14 @@ def run_config(args: argparse.Namespace, layers: int) -> list[Result]:
             apply_liger(model)
         for name, context in variants.items():
             with context():
-                tps, peak, loss = time_steps(model, args.steps, args.tokens)
+                tps, peak, loss, kernels = time_steps(
+                    model, args.steps, args.tokens, getattr(args, "profile", False)
+                )
             with torch.no_grad():
                 for n, p in model.named_parameters():
                     if n in initial:
                         p.copy_(initial[n])
-            results.append(Result(layers, checkpointing, name + suffix, tps, peak, loss))
+            results.append(Result(layers, checkpointing, name + suffix, tps, peak, loss, kernels))
             print(results[-1], flush=True)
     return results
 

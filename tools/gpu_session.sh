@@ -7,8 +7,9 @@
 #   bash tools/gpu_session.sh [STEP...]     default: tests compile micro model
 #
 # Steps: tests (pytest -m gpu), compile (tests/test_hopper_compile.py under that Triton),
-# micro (r=16, bf16 and NF4; micro3: the median of 3 runs), model (8 layers), model32 (32
-# layers, gradient checkpointing),
+# micro (r=16, bf16 and NF4; micro3: the median of 3 runs), model (8 layers, each variant's
+# kernels in one profiled step after the timed ones), model32 (32 layers, gradient
+# checkpointing),
 # grads (tools/bench_lora_grads.py), actgrad (tools/bench_activation_backward.py: the kernel
 # table and a twelve-round MLP A/B), actsweep (its tile sweep), profile (kernel tables of the
 # QKV and MLP blocks, r=16), down (tools/bench_down_backward.py: the kernel table and a
@@ -47,7 +48,8 @@ for s in "${steps[@]}"; do
         micro) step micro python3 tools/bench.py --suite micro --ranks 16 --out "$OUT/micro" ;;
         micro3) step micro3 python3 tools/bench.py --suite micro --ranks 16 --repeat 3 \
             --out "$OUT/micro3" ;;
-        model) step model python3 tools/bench.py --suite model --layers 8 --out "$OUT/model" ;;
+        model) step model python3 tools/bench.py --suite model --layers 8 --profile \
+            --out "$OUT/model" ;;
         model32) step model32 python3 tools/bench.py --suite model --layers 32 --out "$OUT/model32" ;;
         grads) step grads env OUT="$OUT/grads" python3 tools/bench_lora_grads.py ;;
         actgrad) step actgrad env OUT="$OUT/actgrad" python3 tools/bench_activation_backward.py \

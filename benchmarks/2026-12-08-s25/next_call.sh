@@ -8,8 +8,10 @@
 #       JIT, the Gluon kernels included)
 #   bash benchmarks/2026-12-08-s25/next_call.sh b   micro3 as shipped, then micro3 with
 #       _ws_gemm switched on: one instance, so the two compare
-#   bash benchmarks/2026-12-08-s25/next_call.sh c   the 8-layer model suite as shipped, then
-#       r = 16 and 128 micro with _ws_gemm on (no rank cap there; _gemm gives r = 128 to cuBLAS)
+#   bash benchmarks/2026-12-08-s25/next_call.sh c   the 8-layer model suite as shipped, with
+#       each variant's kernels in one profiled step (where lk-patch + Liger's step differs from
+#       Axolotl + Liger's), then r = 16 and 128 micro with _ws_gemm on (no rank cap there;
+#       _gemm gives r = 128 to cuBLAS)
 set -uo pipefail
 export OUT
 src=""
@@ -39,8 +41,8 @@ case ${1:-a} in
         micro_ws micro3_ws 290 --ranks 16 --repeat 3
         ;;
     c)
-        timeout 270 bash tools/gpu_session.sh model
-        tail -12 "$OUT/model/log.txt"
-        micro_ws micro_ws_r128 300 --ranks 16 128
+        timeout 320 bash tools/gpu_session.sh model
+        tail -40 "$OUT/model/log.txt"
+        micro_ws micro_ws_r128 260 --ranks 16 128
         ;;
 esac

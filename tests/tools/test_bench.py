@@ -1,4 +1,5 @@
-"""tools/bench.py end to end on the CPU: the model suite's smoke run, its JSON and its chart."""
+"""tools/bench.py end to end on the CPU: the model suite's smoke run (profiled), its JSON and its
+chart."""
 
 import json
 import math
@@ -31,7 +32,7 @@ def assert_png(path: Path) -> None:
 @pytest.fixture(scope="module")
 def smoke_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bench")
-    bench("--suite", "model", "--smoke", "--out", str(out))
+    bench("--suite", "model", "--smoke", "--profile", "--out", str(out))
     return out
 
 
@@ -48,6 +49,19 @@ def test_model_smoke_writes_rows_and_chart(smoke_dir: Path):
         # (bf16 on the CPU).
         assert math.isclose(ours["loss"], peft["loss"], rel_tol=1e-3)
     assert_png(smoke_dir / "bench_model.png")
+
+
+@pytest.mark.slow
+def test_model_smoke_profiles_each_variant(smoke_dir: Path):
+    """``--profile``: each row holds one more step's largest ops (CPU ops on the CPU) with
+    their calls and ms; ours runs its Functions, PEFT does not."""
+    rows = json.loads((smoke_dir / "bench_model.json").read_text())["rows"]
+    for row in rows:
+        kernels = row["kernels"]
+        assert kernels and all(calls > 0 and ms >= 0 for calls, ms in kernels.values())
+        assert sum(ms for _, ms in kernels.values()) > 0
+        ours = any(name.startswith("LoRA_") for name in kernels)
+        assert ours == (row["variant"] == "lk-patch"), (row["variant"], list(kernels))
 
 
 @pytest.mark.slow
