@@ -35,8 +35,6 @@ SMOKE = {"hidden_size": 64, "intermediate_size": 160, "num_attention_heads": 4,
          "num_key_value_heads": 2, "vocab_size": 256}  # fmt: skip
 PEERS = {"Axolotl": axolotl_lora, "Unsloth": unsloth_lora}  # loaders of the peers' kernels
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
 KEPT_KERNELS = 40  # per profiled variant: the kernels (CPU ops on the CPU) with the most time
 
 
@@ -123,6 +121,8 @@ def profiled_step(step, cuda: bool) -> dict[str, list]:
         if on_gpu == cuda:
             us = event.self_device_time_total if on_gpu else event.self_cpu_time_total
             totals[event.key] = [event.count, us / 1e3]
+    if not totals:  # said, not raised: the timed figures of the run stand without it
+        print("profiled step: torch.profiler recorded no kernels of that device", flush=True)
     largest = sorted(totals.items(), key=lambda item: -item[1][1])[:KEPT_KERNELS]
     return {name: [calls, round(ms, 4)] for name, (calls, ms) in largest}
 
