@@ -4,8 +4,9 @@
 #
 #   bash benchmarks/2026-12-08-s25/next_call.sh a   every GPU test (new to the GPU: the
 #       split-MMA down_backward, its cached second launch, _ws_gemm's and its group's,
-#       _ws_gated's), ws_gemm.py, then host us per launch (the kept CompiledKernel against the
-#       JIT, the Gluon kernels included)
+#       _ws_gated's; if one of _ws_gemm's fails, ws_diagnose.py's per-tile error grids),
+#       ws_gemm.py, then host us per launch (the kept CompiledKernel against the JIT, the
+#       Gluon kernels included)
 #   bash benchmarks/2026-12-08-s25/next_call.sh b   micro3 as shipped, then micro3 with
 #       _ws_gemm switched on: one instance, so the two compare
 #   bash benchmarks/2026-12-08-s25/next_call.sh c   the 8-layer model suite as shipped, with
@@ -30,6 +31,10 @@ case ${1:-a} in
     a)
         timeout 290 bash tools/gpu_session.sh tests
         grep -E "FAILED|ERROR|passed|failed" "$OUT/tests/log.txt" | tail -8
+        if grep -q "FAILED tests/autograd/test_ws_gemm.py" "$OUT/tests/log.txt"; then
+            PYTHONPATH="$src:$PWD:$PWD/tools" timeout 60 \
+                python3 benchmarks/2026-12-08-s26/ws_diagnose.py 2>&1 | tee "$OUT/ws_diagnose.txt"
+        fi
         PYTHONPATH="$src:$PWD:$PWD/tools" timeout 130 \
             python3 benchmarks/2026-12-08-s25/ws_gemm.py 2>&1 | tee "$OUT/ws_gemm.txt"
         timeout 120 bash tools/gpu_session.sh launches
