@@ -32,12 +32,12 @@ case ${1:-a} in
         timeout 290 bash tools/gpu_session.sh tests
         grep -E "FAILED|ERROR|passed|failed" "$OUT/tests/log.txt" | tail -8
         if grep -q "FAILED tests/autograd/test_ws_gemm.py" "$OUT/tests/log.txt"; then
-            PYTHONPATH="$src:$PWD:$PWD/tools" timeout 60 \
+            PYTHONPATH="$src:$PWD:$PWD/tools" timeout 50 \
                 python3 benchmarks/2026-12-08-s26/ws_diagnose.py 2>&1 | tee "$OUT/ws_diagnose.txt"
         fi
-        PYTHONPATH="$src:$PWD:$PWD/tools" timeout 130 \
+        PYTHONPATH="$src:$PWD:$PWD/tools" timeout 120 \
             python3 benchmarks/2026-12-08-s25/ws_gemm.py 2>&1 | tee "$OUT/ws_gemm.txt"
-        timeout 120 bash tools/gpu_session.sh launches
+        timeout 90 bash tools/gpu_session.sh launches
         cat "$OUT/launches/log.txt"
         ;;
     b)
