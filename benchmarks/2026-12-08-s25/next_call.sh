@@ -35,9 +35,9 @@ case ${1:-a} in
             PYTHONPATH="$src:$PWD:$PWD/tools" timeout 50 \
                 python3 benchmarks/2026-12-08-s26/ws_diagnose.py 2>&1 | tee "$OUT/ws_diagnose.txt"
         fi
-        PYTHONPATH="$src:$PWD:$PWD/tools" timeout 120 \
+        PYTHONPATH="$src:$PWD:$PWD/tools" timeout 110 \
             python3 benchmarks/2026-12-08-s25/ws_gemm.py 2>&1 | tee "$OUT/ws_gemm.txt"
-        timeout 90 bash tools/gpu_session.sh launches
+        timeout 110 bash tools/gpu_session.sh launches
         cat "$OUT/launches/log.txt"
         ;;
     b)
