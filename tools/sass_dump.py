@@ -10,8 +10,10 @@ Specializations: ``down_backward`` and ``_ws_gated`` for SiLU, GELU and GELU-tan
 partial row blocks, bf16 and fp16; ``_ws_gemm`` for both weight layouts, one and three base
 pairs, bf16 and fp16, and its group for two and three outputs, bf16 and fp16.
 
-Usage: ``uv run --with triton==3.6.0 tools/sass_dump.py dump|compare FILE`` (the GPU
-machine's Triton; no GPU needed, ``tools/_sm90.py``).
+Usage: ``uv run --with triton==3.6.0 tools/sass_dump.py dump|compare FILE [--ir ttgir]`` (the
+GPU machine's Triton; no GPU needed, ``tools/_sm90.py``). ``--ir ttgir`` compares the TTGIR
+without source locations instead: where the SASS differs only in scheduling, an identical
+TTGIR says the computation did not change.
 """
 
 from __future__ import annotations
@@ -93,8 +95,10 @@ def specializations() -> Iterator[tuple[str, object, Callable[[], None]]]:
             yield f"ws_gemm_group-{outputs}-{dt}", _ws_gemm, partial(_ws_group_call, outputs, dtype)
 
 
-def kernel_sass(module: object, call: Callable[[], None]) -> list[str]:
-    """The instructions of the kernel ``call`` launches, compiled and not run."""
+def kernel_sass(module: object, call: Callable[[], None], ir: str = "sass") -> list[str]:
+    """The instructions of the kernel ``call`` launches, compiled and not run: its SASS, or
+    (``ir="ttgir"``) its TTGIR without source locations, the same for code that only moved
+    between helpers."""
     compiled = []
 
     def compile_only(kernel, programs, args, options, device) -> None:
@@ -102,16 +106,38 @@ def kernel_sass(module: object, call: Callable[[], None]) -> list[str]:
 
     with mock.patch.object(module, "launch", compile_only):
         call()
+    if ir == "ttgir":
+        ttgir = compiled[0].asm["ttgir"].splitlines()
+        return [_without_locations(line) for line in ttgir if not line.startswith("#loc")]
     return [text for _, text in sass(compiled[0])]
+
+
+def _without_locations(line: str) -> str:
+    """``line`` without its `` loc(...)`` annotations (balanced parentheses: named and
+    call-site locations nest)."""
+    out, i = [], 0
+    while (start := line.find(" loc(", i)) >= 0:
+        out.append(line[i:start])
+        depth, j = 0, start + len(" loc")
+        while j < len(line):
+            depth += {"(": 1, ")": -1}.get(line[j], 0)
+            j += 1
+            if depth == 0:
+                break
+        i = j
+    return "".join(out) + line[i:]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", choices=["dump", "compare"])
     parser.add_argument("file")
+    parser.add_argument("--ir", choices=["sass", "ttgir"], default="sass",
+                        help="what to dump: the SASS, or the TTGIR without locations")  # fmt: skip
     args = parser.parse_args()
     with sm90_driver():
-        dumps = {name: kernel_sass(module, call) for name, module, call in specializations()}
+        dumps = {name: kernel_sass(module, call, args.ir)
+                 for name, module, call in specializations()}  # fmt: skip
     if args.mode == "dump":
         with open(args.file, "w") as f:
             json.dump(dumps, f)

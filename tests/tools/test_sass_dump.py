@@ -1,6 +1,6 @@
 """tools/sass_dump.py on the CPU: a kernel compiles to the same SASS twice (so ``identical`` after
-a change means the change left it alone), different kernels do not, and the compare says which
-specializations moved."""
+a change means the change left it alone), different kernels do not, its TTGIR comes without
+source locations, and the compare says which specializations moved."""
 
 import sys
 from pathlib import Path
@@ -31,7 +31,10 @@ def test_same_kernel_same_sass_and_kernels_apart():
         (module, (_, call)), *others = firsts.items()
         once, twice = sass_dump.kernel_sass(module, call), sass_dump.kernel_sass(module, call)
         other = sass_dump.kernel_sass(others[0][0], others[0][1][1])
+        ttgir = sass_dump.kernel_sass(module, call, ir="ttgir")
     assert once and once == twice and other != once
+    assert any("ttg.warp_specialize" in line for line in ttgir)  # Gluon's partitions
+    assert not any("#loc" in line for line in ttgir)  # locations left out: moved code compares
 
 
 def test_verdicts():
