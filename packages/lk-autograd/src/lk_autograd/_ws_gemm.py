@@ -108,7 +108,7 @@ def ws_lora_matmul(
     args = [
         *(t for p in pairs for t in p),
         *pair(XA if s == 1 else XA * s, U)[:2],
-        TensorDescriptor.from_tensor(Y, [BM, BN], gl.NVMMASharedLayout(128, 16)),
+        TensorDescriptor.from_tensor(Y, [BM, BN], db.tile_buffer_layout()),
         M, N, r,
     ]  # fmt: skip
     options = {"STAGES": db._STAGES, "GROUP": db._GROUP_M, "W_KN": w_kn,
@@ -175,7 +175,7 @@ def ws_lora_matmul_group(
     BM, BN, BK = db._TILE
     M, K = X.shape
     mk, nk = db.tile_layout(X.dtype, BM, BK), db.tile_layout(X.dtype, BN, BK)
-    y_layout = gl.NVMMASharedLayout(128, 16)  # the tile buffer's (_shared_state)
+    y_layout = db.tile_buffer_layout()
     outs = [torch.empty(M, W.shape[0], device=X.device, dtype=X.dtype) for W in Ws]
     per_output = []
     for W, XA, U, Y, s in zip(Ws, XAs, Us, outs, ss, strict=True):
@@ -270,7 +270,7 @@ if db.gluon is not None:
         BM: gl.constexpr = y_desc.block_type.shape[0]
         BK: gl.constexpr = x0.block_type.shape[1]
         BN: gl.constexpr = y_desc.block_type.shape[1]
-        # c_smem's layout, NVMMASharedLayout(128, 16), is y_desc's
+        # c_smem's layout is y_desc's (_down_backward.tile_buffer_layout)
         a_bufs, b_bufs, c_smem, ready, empty, c_ready, c_empty = db._shared_state(
             x0, w0, BN, STAGES, 2, 1
         )
